@@ -1,0 +1,137 @@
+//! Field rules `validator` cannot express on its own, and the rules that span several fields.
+
+use std::borrow::Cow;
+
+use validator::ValidationError;
+
+use super::Config;
+
+fn invalid(message: impl Into<Cow<'static, str>>) -> ValidationError {
+    ValidationError::new("invalid").with_message(message.into())
+}
+
+pub(super) fn absolute_path(path: &str) -> Result<(), ValidationError> {
+    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(invalid(format!("`{path}` must be an absolute URL path such as /graphql")))
+    }
+}
+
+pub(super) fn origins(origins: &[String]) -> Result<(), ValidationError> {
+    for origin in origins {
+        let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && !origin.ends_with('/')
+            && origin.matches('/').count() == 2;
+        if !ok {
+            return Err(invalid(format!(
+                "`{origin}` is not an origin: write scheme://host[:port] with no path, e.g. https://app.example.com"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn algorithms(algorithms: &[String]) -> Result<(), ValidationError> {
+    for alg in algorithms {
+        if alg.eq_ignore_ascii_case("none") {
+            return Err(invalid("`none` is never accepted: tokens must be signed"));
+        }
+        if alg.parse::<jsonwebtoken::Algorithm>().is_err() {
+            return Err(invalid(format!(
+                "unknown algorithm `{alg}`; use HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn sql_identifier(name: &str) -> Result<(), ValidationError> {
+    // The table name is spliced into SQL, so only plain identifiers are accepted.
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err(invalid(format!("`{name}` must be a plain SQL identifier (letters, digits, _)")))
+    }
+}
+
+pub(super) fn json_pointer(pointer: &str) -> Result<(), ValidationError> {
+    if pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(invalid(format!("`{pointer}` must be a JSON pointer starting with /, e.g. /passport/user")))
+    }
+}
+
+pub(super) fn topic_pattern(pattern: &str) -> Result<(), ValidationError> {
+    let bad_segment = pattern.split(':').find(|segment| {
+        segment.is_empty()
+            || (segment.contains(['{', '}'])
+                && !(segment.starts_with('{') && segment.ends_with('}') && segment.len() > 2))
+    });
+    match bad_segment {
+        None => Ok(()),
+        Some(segment) => Err(invalid(format!(
+            "segment `{segment}` of `{pattern}` must be literal text or one whole {{placeholder}}"
+        ))),
+    }
+}
+
+/// A rule broken by a combination of fields: the dotted path it is reported at, and why.
+pub(super) fn cross_field(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, path: &str, message: String| {
+        if !ok {
+            problems.push((path.to_string(), message));
+        }
+    };
+    let zero = std::time::Duration::ZERO;
+    for (path, value) in [
+        ("auth.connection_init_timeout", config.auth.connection_init_timeout),
+        ("connections.ping_interval", config.connections.ping_interval),
+        ("connections.pong_timeout", config.connections.pong_timeout),
+        ("operations.rate_limit.window", config.operations.rate_limit.window),
+        ("auth.session.revalidate_every", config.auth.session.revalidate_every),
+        ("retention.cleanup_every", config.retention.cleanup_every),
+    ] {
+        check(value.get() > zero, path, "must be longer than 0s".into());
+    }
+    for (name, limit) in &config.operations.per_operation {
+        check(
+            limit.window.get() > zero,
+            &format!("operations.per_operation.{name}.window"),
+            "must be longer than 0s".into(),
+        );
+    }
+    let payload = &config.payload;
+    check(
+        payload.max_query_bytes <= payload.max_message_bytes,
+        "payload.max_query_bytes",
+        format!(
+            "{} cannot exceed payload.max_message_bytes ({}): the query travels inside a message",
+            payload.max_query_bytes, payload.max_message_bytes
+        ),
+    );
+    check(
+        payload.max_message_bytes.0 >= 1024,
+        "payload.max_message_bytes",
+        "must be at least 1KiB, or no client could even send connection_init".into(),
+    );
+    check(
+        config.streams.replay_limit <= config.streams.maxlen,
+        "streams.replay_limit",
+        format!(
+            "{} cannot exceed streams.maxlen ({}): events beyond maxlen are already trimmed",
+            config.streams.replay_limit, config.streams.maxlen
+        ),
+    );
+    check(
+        config.server.admin_listen != Some(config.server.listen),
+        "server.admin_listen",
+        "must differ from server.listen; leave it unset to serve admin endpoints on the main listener"
+            .into(),
+    );
+    problems
+}

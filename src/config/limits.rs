@@ -1,0 +1,231 @@
+//! The `connections`, `operations` and `payload` sections of hardening.yaml.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use validator::Validate;
+
+use super::units::{ByteSize, Duration};
+
+/// Limits on WebSocket connections.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Connections {
+    /// Open connections one user may hold. Default `5`; one more triggers `on_user_limit`.
+    #[validate(range(min = 1))]
+    pub max_per_user: u32,
+    /// What happens when a user opens connection `max_per_user + 1`. Default `close_oldest`.
+    pub on_user_limit: OnUserLimit,
+    /// Open connections from one client IP. Default `100`; the next upgrade gets HTTP 429.
+    #[validate(range(min = 1))]
+    pub max_per_ip: u32,
+    /// New connections one user may open per minute. Default `5`; more are refused with a
+    /// retryable close.
+    #[validate(range(min = 1))]
+    pub reconnects_per_minute: u32,
+    /// Upgrade requests one client IP may make per minute. Default `120`; more get HTTP 429.
+    #[validate(range(min = 1))]
+    pub connects_per_minute_per_ip: u32,
+    /// How often the server pings each connection (WebSocket ping frame). Default `25s`.
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered. Default `20s`; then the connection is closed with 4504.
+    pub pong_timeout: Duration,
+    /// Operations one connection may run at once. Default `100`; the next `subscribe` gets an
+    /// `error` message with code `MAX_OPERATIONS_LIMIT` and the connection stays open.
+    #[validate(range(min = 1))]
+    pub max_operations: u32,
+    /// Outgoing messages queued for one connection. Default `1024`; a client that lets the queue
+    /// fill is closed with 4503 (slow consumer), so it never slows anyone else.
+    #[validate(range(min = 1))]
+    pub send_queue: u32,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max_per_user: 5,
+            on_user_limit: OnUserLimit::CloseOldest,
+            max_per_ip: 100,
+            reconnects_per_minute: 5,
+            connects_per_minute_per_ip: 120,
+            ping_interval: Duration::secs(25),
+            pong_timeout: Duration::secs(20),
+            max_operations: 100,
+            send_queue: 1024,
+        }
+    }
+}
+
+/// Policy when a user exceeds `max_per_user`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUserLimit {
+    /// The user's oldest connection is told it was replaced and closed.
+    CloseOldest,
+    /// The new connection is refused.
+    RejectNew,
+}
+
+/// Operation budgets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Operations {
+    /// The budget of every connection: queries, mutations and subscription starts.
+    #[validate(nested)]
+    pub rate_limit: RateLimit,
+    /// Budgets for single operations across all of a user's connections, keyed by operation
+    /// (root field) name. Default `{sendMessage: {limit: 30, window: 60s, scope: user}}`.
+    #[serde(default = "default_per_operation")]
+    #[validate(nested)]
+    pub per_operation: BTreeMap<String, OperationLimit>,
+    /// Limits on plain HTTP requests per client IP.
+    #[validate(nested)]
+    pub http: HttpLimit,
+}
+
+fn default_per_operation() -> BTreeMap<String, OperationLimit> {
+    BTreeMap::from([(
+        "sendMessage".to_string(),
+        OperationLimit { limit: 30, window: Duration::secs(60), scope: LimitScope::User },
+    )])
+}
+
+/// A connection's operation budget.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Operations allowed per `window`. Default `100`; operation `limit + 1` is refused with
+    /// `RATE_LIMITED`.
+    #[validate(range(min = 1))]
+    pub limit: u32,
+    /// The window the budget refills over. Default `60s`.
+    pub window: Duration,
+    /// Fraction of `limit` at which the client gets a `rateLimitWarning`. Default `0.8`; must be
+    /// strictly between 0 and 1.
+    #[validate(range(exclusive_min = 0.0, exclusive_max = 1.0))]
+    pub warn_at: f64,
+    /// What happens past the limit. Default `disconnect`.
+    pub on_exceed: OnExceed,
+    /// Operation names that are never counted. Default `[]`.
+    pub exempt_operations: Vec<String>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            limit: 100,
+            window: Duration::secs(60),
+            warn_at: 0.8,
+            on_exceed: OnExceed::Disconnect,
+            exempt_operations: Vec::new(),
+        }
+    }
+}
+
+/// Policy past a connection's budget.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceed {
+    /// Refuse the operation, send a final warning, then close with a retryable code.
+    Disconnect,
+    /// Refuse the operation and keep the connection; operations pass again once the window frees.
+    Reject,
+}
+
+/// A budget for one operation.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct OperationLimit {
+    /// Calls allowed per `window`; the next is refused with `RATE_LIMITED`.
+    #[validate(range(min = 1))]
+    pub limit: u32,
+    /// The window the budget refills over.
+    pub window: Duration,
+    /// Who shares the budget. Default `user`.
+    #[serde(default)]
+    pub scope: LimitScope,
+}
+
+/// Who shares a per-operation budget.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// All connections of one user.
+    #[default]
+    User,
+    /// One connection.
+    Connection,
+}
+
+/// Per-IP limits on HTTP requests (queries over HTTP and WebSocket upgrades).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimit {
+    /// Sustained requests per second per client IP. Default `20`; more get HTTP 429.
+    #[validate(range(min = 1))]
+    pub per_ip_per_second: u32,
+    /// Requests one IP may make in a burst above the sustained rate. Default `100`.
+    #[validate(range(min = 1))]
+    pub burst: u32,
+}
+
+impl Default for HttpLimit {
+    fn default() -> Self {
+        Self { per_ip_per_second: 20, burst: 100 }
+    }
+}
+
+/// Limits checked on every message and operation before it executes.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Payload {
+    /// Largest WebSocket message (and frame) accepted. Default `64KiB`; a larger one closes the
+    /// connection with 1009.
+    pub max_message_bytes: ByteSize,
+    /// Largest query document. Default `16KiB`; a larger one is refused with `PAYLOAD_TOO_LARGE`.
+    pub max_query_bytes: ByteSize,
+    /// Most lexical tokens in a query document. Default `2000` (`MAX_TOKENS_LIMIT`).
+    #[validate(range(min = 1))]
+    pub max_tokens: u32,
+    /// Deepest selection nesting. Default `10` (`MAX_DEPTH_LIMIT`).
+    #[validate(range(min = 1, max = 64))]
+    pub max_depth: u32,
+    /// Highest complexity score (one per field, multiplied by list sizes). Default `1000`
+    /// (`MAX_COMPLEXITY_LIMIT`).
+    #[validate(range(min = 1))]
+    pub max_complexity: u32,
+    /// Most aliases in one operation. Default `15` (`MAX_ALIASES_LIMIT`).
+    pub max_aliases: u32,
+    /// Most root fields in one operation. Default `20` (`MAX_ROOT_FIELDS_LIMIT`).
+    #[validate(range(min = 1))]
+    pub max_root_fields: u32,
+    /// Most directives in one operation. Default `50` (`MAX_DIRECTIVES_LIMIT`).
+    pub max_directives: u32,
+    /// Deepest nesting of list and object values in arguments and variables. Default `32`
+    /// (`MAX_INPUT_NESTING_LIMIT`).
+    #[validate(range(min = 1, max = 128))]
+    pub max_input_nesting: u32,
+    /// Whether introspection queries are answered. Default `true`; turn it off in production.
+    pub introspection: bool,
+    /// Whether errors suggest similar field names ("did you mean …"). Default `false`.
+    pub field_suggestions: bool,
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: ByteSize::kib(64),
+            max_query_bytes: ByteSize::kib(16),
+            max_tokens: 2000,
+            max_depth: 10,
+            max_complexity: 1000,
+            max_aliases: 15,
+            max_root_fields: 20,
+            max_directives: 50,
+            max_input_nesting: 32,
+            introspection: true,
+            field_suggestions: false,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The `server` and `auth` sections of hardening.yaml.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use validator::Validate;
+
+use super::units::Duration;
+
+/// Where Palisade listens and how it shuts down.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Address of the public listener (HTTP, GraphQL and WebSocket). Default `0.0.0.0:8080`.
+    /// Changing it needs a restart.
+    pub listen: SocketAddr,
+    /// Path of the GraphQL endpoint: `POST`/`GET` queries, the WebSocket upgrade, and GraphiQL for
+    /// browsers. Default `/graphql`.
+    #[validate(custom(function = "super::checks::absolute_path"))]
+    pub graphql_path: String,
+    /// Separate listener for `/metrics`, `/healthz` and `/readyz`, so they can stay off the public
+    /// port. Unset (the default): they are served on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long a shutdown (SIGTERM, ctrl-c) waits for in-flight HTTP requests and for WebSocket
+    /// close frames and connection-log rows to be written. Default `30s`; whatever is still running
+    /// after it is dropped.
+    pub shutdown_grace: Duration,
+    /// Cross-origin rules for the HTTP endpoints.
+    #[validate(nested)]
+    pub cors: Cors,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            graphql_path: "/graphql".into(),
+            admin_listen: None,
+            shutdown_grace: Duration::secs(30),
+            cors: Cors::default(),
+        }
+    }
+}
+
+/// CORS for the HTTP endpoints.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cors {
+    /// Origins (scheme://host[:port], exact match) whose browser pages may call the HTTP endpoints.
+    /// Default `[http://localhost:5173, http://localhost:8080]`. Other origins get no CORS headers,
+    /// so the browser blocks the response.
+    #[validate(custom(function = "super::checks::origins"))]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec!["http://localhost:5173".into(), "http://localhost:8080".into()],
+        }
+    }
+}
+
+/// Who may connect, and how credentials are checked at `connection_init`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Whether a connection must present valid credentials. Default `true`. When `false`, a
+    /// connection without credentials is accepted as anonymous; invalid credentials are still
+    /// refused (close 4403).
+    pub required: bool,
+    /// How long a client has, after the upgrade, to send `connection_init`. Default `10s`; a client
+    /// that is later is closed with 4408.
+    pub connection_init_timeout: Duration,
+    /// Origins allowed to open a WebSocket (exact match). Unset (the default): the same list as
+    /// `server.cors.allowed_origins`.
+    #[validate(custom(function = "super::checks::origins"))]
+    pub allowed_origins: Option<Vec<String>>,
+    /// JSON Web Tokens.
+    #[validate(nested)]
+    pub jwt: Jwt,
+    /// Express-style signed session cookies, looked up in the session table.
+    #[validate(nested)]
+    pub session: Session,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            required: true,
+            connection_init_timeout: Duration::secs(10),
+            allowed_origins: None,
+            jwt: Jwt::default(),
+            session: Session::default(),
+        }
+    }
+}
+
+/// JWT verification.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Jwt {
+    /// Accepted signing algorithms. Default `[HS256]`. `none` is never accepted; a token signed with
+    /// any other algorithm is refused (close 4403).
+    #[validate(length(min = 1), custom(function = "super::checks::algorithms"))]
+    pub algorithms: Vec<String>,
+    /// Name of the environment variable holding the HMAC secret. Default `PALISADE_JWT_SECRET`. When
+    /// it is unset, a development-only secret is generated and kept in `.palisade/dev-secret`.
+    pub secret_env: String,
+    /// PEM file with a public key (RS256, ES256, EdDSA). Unset by default.
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file whose keys are selected by `kid`. Unset by default.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim. Unset (the default): not checked.
+    pub issuer: Option<String>,
+    /// Required `aud` claim. Unset (the default): not checked.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`. Default `30s`.
+    pub leeway: Duration,
+    /// How long before `exp` a live connection is told its token is expiring. Default `60s`.
+    pub expiry_warning: Duration,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Self {
+            algorithms: vec!["HS256".into()],
+            secret_env: "PALISADE_JWT_SECRET".into(),
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::secs(30),
+            expiry_warning: Duration::secs(60),
+        }
+    }
+}
+
+/// Express session cookies (express-session + connect-pg-simple).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Session {
+    /// Name of the session cookie. Default `connect.sid`.
+    #[validate(length(min = 1))]
+    pub cookie_name: String,
+    /// Name of the environment variable holding the cookie secrets, comma-separated, newest first
+    /// (every one is tried, for rotation). Default `PALISADE_SESSION_SECRETS`. Unset variable:
+    /// cookie authentication is off.
+    pub secrets_env: String,
+    /// Session table (connect-pg-simple shape). Default `session`.
+    #[validate(custom(function = "super::checks::sql_identifier"))]
+    pub table: String,
+    /// JSON pointer to the user id inside the session's `sess` column. Default `/passport/user`.
+    #[validate(custom(function = "super::checks::json_pointer"))]
+    pub user_pointer: String,
+    /// How often a live connection's session is re-checked. Default `5m`; a session found deleted or
+    /// expired closes the connection with 4403.
+    pub revalidate_every: Duration,
+    /// A live session closer than this to its expiry is extended by its original lifetime.
+    /// Default `5m`.
+    pub refresh_within: Duration,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self {
+            cookie_name: "connect.sid".into(),
+            secrets_env: "PALISADE_SESSION_SECRETS".into(),
+            table: "session".into(),
+            user_pointer: "/passport/user".into(),
+            revalidate_every: Duration::secs(300),
+            refresh_within: Duration::secs(300),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Human-readable units for hardening.yaml: durations (`30s`, `5m`, `7d`) and byte sizes (`64KiB`).
+//!
+//! Both serialize back to the same text form, so `config-schema` defaults and the generated reference
+//! read the way an operator writes them.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written like `30s`, `5m`, `1h30m` or `7d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn secs(secs: u64) -> Self {
+        Self(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(Self)
+            .map_err(|e| format!("invalid duration `{s}` ({e}); write it like `30s`, `5m` or `7d`"))
+    }
+}
+
+/// A size in bytes written like `64KiB`, `1MiB` or `512` (bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn kib(n: u64) -> Self {
+        Self(n * 1024)
+    }
+
+    pub fn bytes(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole KiB/MiB print without a fraction so a default round-trips exactly.
+        match self.0 {
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => write!(f, "{}MiB", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => write!(f, "{}KiB", n >> 10),
+            n => write!(f, "{n}B"),
+        }
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Self(b.as_u64()))
+            .map_err(|e| format!("invalid size `{s}` ({e}); write it like `64KiB` or `1MiB`"))
+    }
+}
+
+macro_rules! text_unit {
+    ($ty:ty, $name:literal, $pattern:literal, $example:literal) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                // Accept bare integers too (`max_message_bytes: 65536`): YAML gives them as numbers.
+                let raw = serde_yaml::Value::deserialize(d)?;
+                let text = match raw {
+                    serde_yaml::Value::String(s) => s,
+                    serde_yaml::Value::Number(n) => format!("{n}{}", if $name == "Duration" { "s" } else { "" }),
+                    other => return Err(serde::de::Error::custom(format!("expected a {} like `{}`, got {other:?}", $name, $example))),
+                };
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "type": ["string", "integer"],
+                    "pattern": $pattern,
+                    "examples": [$example],
+                })
+            }
+        }
+    };
+}
+
+text_unit!(Duration, "Duration", r"^\s*(\d+\s*[a-zµ]+\s*)+$", "30s");
+text_unit!(ByteSize, "ByteSize", r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$", "64KiB");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_round_trip_through_their_text_form() {
+        for text in ["30s", "5m", "1h", "7d", "90d"] {
+            let d: Duration = text.parse().unwrap();
+            assert_eq!(d.to_string().parse::<Duration>().unwrap(), d);
+        }
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize::kib(64));
+        assert_eq!(ByteSize::kib(64).to_string(), "64KiB");
+        assert_eq!("1MiB".parse::<ByteSize>().unwrap().to_string(), "1MiB");
+    }
+
+    #[test]
+    fn nonsense_units_are_rejected_with_an_example() {
+        let err = "30 parsecs".parse::<Duration>().unwrap_err();
+        assert!(err.contains("30s"), "{err}");
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+}
