@@ -1,1 +1,16 @@
+//! Palisade: a hardened GraphQL subscriptions server whose thresholds live in hardening.yaml.
+
+pub mod audit;
+pub mod auth;
+pub mod bus;
+pub mod cli;
 pub mod config;
+pub mod connlog;
+pub mod db;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod telemetry;
+pub mod transport;

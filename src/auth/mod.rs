@@ -1,0 +1,90 @@
+//! Who is on the other end: credentials presented at `connection_init` (or on an HTTP request)
+//! become an [`Identity`], or a refusal whose real cause goes to the audit trail only.
+
+pub mod jwt;
+pub mod secret;
+
+use axum::http::HeaderMap;
+use serde_json::{Map, Value};
+
+pub use jwt::Verifier;
+
+/// An authenticated user, visible to resolvers through the request data.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user_id: String,
+    pub claims: Map<String, Value>,
+}
+
+/// Why credentials were refused. Clients are told only "Forbidden".
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("no credentials presented")]
+    Missing,
+    #[error(transparent)]
+    Token(#[from] jwt::TokenError),
+}
+
+impl AuthFailure {
+    /// A short, low-cardinality cause for metrics and audit rows.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Token(_) => "invalid_token",
+        }
+    }
+}
+
+/// Checks credentials against the configured keys and `auth.required`.
+#[derive(Clone)]
+pub struct Authenticator {
+    verifier: Verifier,
+    required: bool,
+}
+
+impl Authenticator {
+    pub fn new(verifier: Verifier, required: bool) -> Self {
+        Self { verifier, required }
+    }
+
+    /// Authenticates a WebSocket from its `connection_init` payload, falling back to the upgrade
+    /// request's `Authorization` header. `Ok(None)` is an accepted anonymous connection.
+    pub fn connection(&self, init_payload: Option<&Value>, upgrade_headers: &HeaderMap) -> Result<Option<Identity>, AuthFailure> {
+        let token = init_payload.and_then(token_from_payload).or_else(|| token_from_headers(upgrade_headers));
+        self.check(token)
+    }
+
+    /// Authenticates a plain HTTP request by its `Authorization` header.
+    pub fn http(&self, headers: &HeaderMap) -> Result<Option<Identity>, AuthFailure> {
+        self.check(token_from_headers(headers))
+    }
+
+    fn check(&self, token: Option<String>) -> Result<Option<Identity>, AuthFailure> {
+        let Some(token) = token else {
+            return if self.required { Err(AuthFailure::Missing) } else { Ok(None) };
+        };
+        let claims = self.verifier.verify(&token)?;
+        let user_id = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
+        Ok(Some(Identity { user_id, claims }))
+    }
+}
+
+fn token_from_payload(payload: &Value) -> Option<String> {
+    let object = payload.as_object()?;
+    let field = |name: &str| {
+        object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_str())
+    };
+    field("authorization").map(strip_bearer).or_else(|| field("token").map(str::to_string))
+}
+
+fn token_from_headers(headers: &HeaderMap) -> Option<String> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok().map(strip_bearer)
+}
+
+fn strip_bearer(value: &str) -> String {
+    let value = value.trim();
+    match value.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => value[7..].trim().to_string(),
+        _ => value.to_string(),
+    }
+}

@@ -1,0 +1,75 @@
+//! The event bus: backends publish events into topics; subscribers get every event of a topic in
+//! order, and may resume after a known event id. The in-process bus serves a single instance;
+//! a Redis Streams bus implements the same trait for a cluster.
+
+mod memory;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+
+pub use memory::MemoryBus;
+
+/// A position in a topic's stream, written `<milliseconds>-<sequence>` like a Redis Stream id, so
+/// ids stay comparable whichever bus produced them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = || {
+            let (ms, seq) = s.split_once('-')?;
+            Some(EventId { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+        };
+        parse().ok_or_else(|| format!("`{s}` is not an event id (expected <milliseconds>-<sequence>)"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub id: EventId,
+    pub topic: String,
+    pub kind: String,
+    pub payload: Value,
+    pub published_at: DateTime<Utc>,
+}
+
+/// What a subscription yields.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    Event(Arc<Event>),
+    /// Events were lost between `after` and the next delivery (replay window exceeded, or the
+    /// subscriber fell behind); the client should refetch state.
+    Gap { after: Option<EventId> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes an event; on success it is stored and ordered, and its id is returned.
+    fn publish(&self, topic: String, kind: String, payload: Value) -> BoxFuture<'_, Result<Arc<Event>, BusError>>;
+
+    /// Every event of `topic` after `after` (replayed, at most the replay limit, then a `Gap`),
+    /// then live ones, with no duplicate or hole at the seam.
+    fn subscribe(&self, topic: String, after: Option<EventId>) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>>;
+}

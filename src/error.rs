@@ -1,0 +1,77 @@
+//! The one error type of request handling, mapped once to HTTP responses and GraphQL errors.
+//! What a client sees names the problem but never the internals; the internals go to the log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is wrong; the message is safe to show.
+    #[error("{0}")]
+    BadUserInput(String),
+    /// No valid credentials. The message is always the same, whatever the cause.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Valid credentials, not enough rights.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The event bus cannot take the event; nothing was published.
+    #[error("the event bus is unavailable")]
+    BusUnavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// The machine-readable code in `extensions.code` and in HTTP error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadUserInput(_) => "BAD_USER_INPUT",
+            Error::Unauthenticated => "UNAUTHENTICATED",
+            Error::Forbidden(_) => "FORBIDDEN",
+            Error::BusUnavailable(_) => "BUS_UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::BadUserInput(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Error::BusUnavailable(cause) | Error::Internal(cause) => {
+                tracing::error!(error = ?cause, code = self.code(), "request failed");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.log();
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Resolvers return `Err(error.extend())`: async-graphql's blanket `From<Display>` would drop the
+/// code, so the conversion is spelled out.
+impl async_graphql::ErrorExtensions for Error {
+    fn extend(&self) -> async_graphql::Error {
+        self.log();
+        let mut error = async_graphql::Error::new(self.to_string());
+        error.extensions.get_or_insert_with(Default::default).set("code", self.code());
+        error
+    }
+}

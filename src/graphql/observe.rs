@@ -1,0 +1,90 @@
+//! Counts operations by type and outcome. Over WebSocket the `request` hook never runs, so the type
+//! is read when the document is parsed and the outcome after validation (rejections), after
+//! execution (queries and mutations), or at start (subscriptions, whose `execute` runs per event).
+
+use std::sync::{Arc, Mutex};
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest, NextValidation};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
+
+use crate::metrics::Metrics;
+
+pub struct Observe(pub Arc<Metrics>);
+
+impl ExtensionFactory for Observe {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ObserveOperation { metrics: self.0.clone(), name: Mutex::default(), kind: Mutex::new("unknown") })
+    }
+}
+
+/// One per operation (async-graphql creates extensions per operation).
+struct ObserveOperation {
+    metrics: Arc<Metrics>,
+    name: Mutex<Option<String>>,
+    kind: Mutex<&'static str>,
+}
+
+impl ObserveOperation {
+    fn count(&self, outcome: &str) {
+        let kind = *self.kind.lock().expect("lock poisoned");
+        self.metrics.operations_total.with_label_values(&[kind, outcome]).inc();
+    }
+}
+
+fn operation_kind(doc: &ExecutableDocument, name: Option<&str>) -> &'static str {
+    let ty = match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+        _ => None,
+    };
+    match ty {
+        Some(OperationType::Query) => "query",
+        Some(OperationType::Mutation) => "mutation",
+        Some(OperationType::Subscription) => "subscription",
+        None => "unknown",
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for ObserveOperation {
+    async fn prepare_request(&self, ctx: &ExtensionContext<'_>, request: Request, next: NextPrepareRequest<'_>) -> ServerResult<Request> {
+        *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
+        let prepared = next.run(ctx, request).await;
+        if prepared.is_err() {
+            self.count("rejected");
+        }
+        prepared
+    }
+
+    async fn parse_query(&self, ctx: &ExtensionContext<'_>, query: &str, variables: &Variables, next: NextParseQuery<'_>) -> ServerResult<ExecutableDocument> {
+        let parsed = next.run(ctx, query, variables).await;
+        match &parsed {
+            Ok(doc) => {
+                let name = self.name.lock().expect("lock poisoned").clone();
+                *self.kind.lock().expect("lock poisoned") = operation_kind(doc, name.as_deref());
+            }
+            Err(_) => self.count("rejected"),
+        }
+        parsed
+    }
+
+    async fn validation(&self, ctx: &ExtensionContext<'_>, next: NextValidation<'_>) -> Result<ValidationResult, Vec<ServerError>> {
+        let validated = next.run(ctx).await;
+        match &validated {
+            Err(_) => self.count("rejected"),
+            Ok(_) if *self.kind.lock().expect("lock poisoned") == "subscription" => self.count("ok"),
+            Ok(_) => {}
+        }
+        validated
+    }
+
+    async fn execute(&self, ctx: &ExtensionContext<'_>, operation_name: Option<&str>, next: NextExecute<'_>) -> Response {
+        let response = next.run(ctx, operation_name).await;
+        if *self.kind.lock().expect("lock poisoned") != "subscription" {
+            self.count(if response.is_ok() { "ok" } else { "error" });
+        }
+        response
+    }
+}

@@ -1,0 +1,179 @@
+//! Builds the application from settings, binds its listeners (port 0 in tests), and runs it until a
+//! shutdown signal, closing WebSockets with 1001 and writing their log rows before returning.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::audit::Audit;
+use crate::auth::secret::HmacSecret;
+use crate::auth::{Authenticator, Verifier};
+use crate::bus::{Bus, MemoryBus};
+use crate::config::Config;
+use crate::db::Database;
+use crate::graphql::{self, AppSchema, Instance};
+use crate::http;
+use crate::metrics::Metrics;
+
+/// Everything the server needs to start, resolved from the CLI, the environment and the file.
+pub struct Settings {
+    pub config: Config,
+    /// Where the configuration came from (`None`: built-in defaults).
+    pub config_path: Option<PathBuf>,
+    pub database: DatabaseSource,
+    pub redis_url: Option<String>,
+    pub jwt_secret: HmacSecret,
+}
+
+pub enum DatabaseSource {
+    Url(String),
+    /// A pool made by the caller (tests use a fresh `#[sqlx::test]` database).
+    Ready(Database),
+}
+
+/// Shared by every handler and connection.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub schema: AppSchema,
+    pub db: Database,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+    pub instance: Arc<Instance>,
+    pub redis: Option<redis::Client>,
+    /// Cancelled when the server starts shutting down; every connection watches it.
+    pub shutdown: CancellationToken,
+    /// Tracks WebSocket connections, which outlive the HTTP request that upgraded them.
+    pub tracker: TaskTracker,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let config = Arc::new(settings.config);
+        let instance = Arc::new(Instance { id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(), started: Instant::now() });
+        let metrics = Arc::new(Metrics::new(&instance.id));
+        let db = match settings.database {
+            DatabaseSource::Url(url) => Database::connect(&url).await?,
+            DatabaseSource::Ready(db) => db,
+        };
+        let redis = settings.redis_url.as_deref().map(redis::Client::open).transpose().context("parsing REDIS_URL")?;
+        let verifier = Verifier::new(&config.auth.jwt, &settings.jwt_secret)?;
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(config.streams.replay_limit as usize, config.connections.send_queue as usize));
+        let schema = graphql::build(&config, bus, instance.clone(), metrics.clone());
+        let state = AppState {
+            audit: Audit::start(db.clone(), metrics.clone()),
+            auth: Arc::new(Authenticator::new(verifier, config.auth.required)),
+            schema,
+            db,
+            metrics,
+            instance,
+            redis,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config: config.clone(),
+        };
+        let listener = TcpListener::bind(config.server.listen).await.with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let admin_listener = match config.server.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding server.admin_listen {addr}"))?),
+            None => None,
+        };
+        Ok(Self { listener, admin_listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully within `server.shutdown_grace`.
+    pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, admin_listener, state } = self;
+        let (main, admin) = routers(&state, admin_listener.is_some());
+        let shutdown = state.shutdown.clone();
+        // The signal cancels the token; everything else (listeners, connections) watches the token.
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                signal.await;
+                shutdown.cancel();
+            }
+        });
+        let serve = |listener: TcpListener, router: Router| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            })
+        };
+        let main_server = serve(listener, main);
+        let admin_server = admin_listener.map(|listener| serve(listener, admin.expect("admin router exists with its listener")));
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: closing WebSockets and finishing requests");
+        let grace = state.config.server.shutdown_grace.get();
+        let drained = tokio::time::timeout(grace, async {
+            let _ = main_server.await;
+            if let Some(admin) = admin_server {
+                let _ = admin.await;
+            }
+            state.tracker.close();
+            state.tracker.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?grace, "shutdown grace elapsed; dropping what is still running");
+        }
+        state.audit.flush().await;
+        state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The public router, and the admin router when admin endpoints have their own listener.
+fn routers(state: &AppState, separate_admin: bool) -> (Router, Option<Router>) {
+    let config = &state.config;
+    let admin = Router::new()
+        .route("/metrics", get(http::metrics))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .with_state(state.clone());
+    let origins: Vec<HeaderValue> = config.server.cors.allowed_origins.iter().filter_map(|o| o.parse().ok()).collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    let main = Router::new()
+        .route(&config.server.graphql_path, get(http::graphql_get).post(http::graphql_post))
+        .route("/graphiql/{file}", get(http::graphiql_asset))
+        .layer(DefaultBodyLimit::max(config.payload.max_message_bytes.bytes()))
+        .layer(cors)
+        .with_state(state.clone());
+    if separate_admin { (main, Some(admin)) } else { (main.merge(admin), None) }
+}

@@ -1,0 +1,244 @@
+//! One WebSocket connection, from the upgrade to its log row: init and authentication, the
+//! operation table, keepalive, and the close.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_graphql::http::{ClientMessage, WebSocketProtocols as Protocols};
+use axum::extract::ws::{Message, WebSocket};
+use axum::http::HeaderMap;
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use serde_json::json;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::outbox::Outbox;
+use super::protocol::{self, Close, code};
+use super::operation;
+use crate::audit::{Entry, Severity};
+use crate::auth::Identity;
+use crate::connlog;
+use crate::graphql::Caller;
+use crate::startup::AppState;
+
+/// How long the connection waits for its writer to deliver the close frame.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
+
+/// What the upgrade request told us about the client.
+pub struct Peer {
+    pub ip: String,
+    pub user_agent: Option<String>,
+    pub headers: HeaderMap,
+}
+
+/// Serves the connection to its end, then completes its connection-log row.
+pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Protocols) {
+    let id = uuid::Uuid::now_v7().to_string();
+    let span = tracing::info_span!("connection", connection_id = %id, user_id = tracing::field::Empty, instance = %state.instance.id);
+    let opened = connlog::Opened {
+        id: id.clone(),
+        ip: peer.ip.clone(),
+        user_agent: peer.user_agent.clone(),
+        instance_id: state.instance.id.clone(),
+        subprotocol: protocol.sec_websocket_protocol(),
+        connected_at: chrono::Utc::now(),
+    };
+    if let Err(error) = connlog::opened(&state.db, &opened).await {
+        tracing::error!(parent: &span, error = ?error, "could not write the connection log row");
+    }
+    state.metrics.connections_active.inc();
+    let (sink, stream) = socket.split();
+    let (outbox, closing, writer) = Outbox::start(sink, state.config.connections.send_queue as usize);
+    let mut connection = Connection { state: state.clone(), peer, protocol, id: id.clone(), span: span.clone(), outbox, identity: None, operations: HashMap::new(), next_generation: 0 };
+    let close = connection.run(stream, closing).await;
+    // Dropping the connection aborts its operations and releases the outbox, so the writer ends
+    // once it has sent the close frame.
+    drop(connection);
+    let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
+    state.metrics.connections_active.dec();
+    state.metrics.closes_total.with_label_values(&[&close.code.to_string()]).inc();
+    tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
+    if let Err(error) = connlog::closed(&state.db, &id, close.code, &close.reason).await {
+        tracing::error!(parent: &span, error = ?error, "could not complete the connection log row");
+    }
+}
+
+struct Connection {
+    state: AppState,
+    peer: Peer,
+    protocol: Protocols,
+    id: String,
+    span: tracing::Span,
+    outbox: Outbox,
+    /// Set by a successful `connection_init`; `Some(None)` is an accepted anonymous connection.
+    identity: Option<Option<Identity>>,
+    /// Running operations by client id. The generation tells a finished task from a newer one that
+    /// reused its id.
+    operations: HashMap<String, (u64, AbortHandle)>,
+    next_generation: u64,
+}
+
+impl Connection {
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>, mut closing: tokio::sync::watch::Receiver<Option<Close>>) -> Close {
+        let connections = &self.state.config.connections;
+        let init_deadline = sleep(self.state.config.auth.connection_init_timeout.get());
+        tokio::pin!(init_deadline);
+        let ping_interval = connections.ping_interval.get();
+        let pong_timeout = connections.pong_timeout.get();
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        let mut awaiting_pong: Option<Instant> = None;
+        let mut tasks: JoinSet<(String, u64)> = JoinSet::new();
+        let shutdown = self.state.shutdown.clone();
+
+        loop {
+            tokio::select! {
+                // Order matters: a decided close beats everything, and finished operations are
+                // reaped before new messages so a reused id is not mistaken for a duplicate.
+                biased;
+                _ = closing.changed() => break,
+                _ = shutdown.cancelled() => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
+                _ = &mut init_deadline, if self.identity.is_none() => {
+                    self.outbox.close(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout"));
+                }
+                _ = sleep_until(awaiting_pong.unwrap_or_else(Instant::now) + pong_timeout), if awaiting_pong.is_some() => {
+                    self.outbox.close(Close::new(code::PONG_TIMEOUT, "Pong timeout"));
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong.is_none() && self.outbox.push(Message::Ping(Default::default())) {
+                        awaiting_pong = Some(Instant::now());
+                    }
+                    if self.protocol == Protocols::SubscriptionsTransportWS && self.identity.is_some() {
+                        self.outbox.text(protocol::keep_alive());
+                    }
+                }
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => self.reap(finished),
+                message = stream.next() => match message {
+                    None => return Close::new(code::ABNORMAL, "Connection dropped"),
+                    Some(Err(error)) => {
+                        if is_too_big(&error) {
+                            self.outbox.close(Close::new(code::TOO_BIG, "Message too big"));
+                        } else {
+                            return Close::new(code::ABNORMAL, "Connection failed");
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = frame.map(|f| (f.code, f.reason.to_string())).unwrap_or((code::NORMAL, String::new()));
+                        return Close::new(code, format!("Closed by client: {reason}"));
+                    }
+                    Some(Ok(Message::Pong(_))) => awaiting_pong = None,
+                    Some(Ok(Message::Ping(_))) => {} // tungstenite answers pings itself
+                    Some(Ok(Message::Text(text))) => self.handle(text.as_bytes(), &mut tasks).await,
+                    Some(Ok(Message::Binary(bytes))) => self.handle(&bytes, &mut tasks).await,
+                },
+            }
+        }
+        closing.borrow().clone().unwrap_or_else(|| Close::new(code::INTERNAL, "Internal error"))
+    }
+
+    async fn handle(&mut self, raw: &[u8], tasks: &mut JoinSet<(String, u64)>) {
+        let Ok(message) = ClientMessage::from_bytes(raw) else {
+            return self.outbox.close(Close::new(code::BAD_REQUEST, "Invalid message received"));
+        };
+        match message {
+            ClientMessage::ConnectionInit { payload } => self.init(payload).await,
+            ClientMessage::Start { id, payload } => self.start(id, payload, tasks),
+            ClientMessage::Stop { id } => {
+                if let Some((_, handle)) = self.operations.remove(&id) {
+                    handle.abort();
+                    // Only the legacy protocol confirms a stop.
+                    if self.protocol == Protocols::SubscriptionsTransportWS {
+                        self.outbox.text(protocol::complete(&id));
+                    }
+                }
+            }
+            ClientMessage::ConnectionTerminate => self.outbox.close(Close::new(code::NORMAL, "Terminated by client")),
+            ClientMessage::Ping { payload } => {
+                self.outbox.text(protocol::pong(payload));
+            }
+            ClientMessage::Pong { .. } => {}
+        }
+    }
+
+    async fn init(&mut self, payload: Option<serde_json::Value>) {
+        if self.identity.is_some() {
+            return self.outbox.close(Close::new(code::TOO_MANY_INIT, "Too many initialisation requests"));
+        }
+        match self.state.auth.connection(payload.as_ref(), &self.peer.headers) {
+            Ok(identity) => {
+                let user_id = identity.as_ref().map(|i| i.user_id.clone());
+                if let Some(user) = &user_id {
+                    self.span.record("user_id", user.as_str());
+                    if let Err(error) = connlog::identified(&self.state.db, &self.id, user).await {
+                        tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
+                    }
+                }
+                self.audit("socket.authenticated", Severity::Info, user_id, json!({ "method": if identity.is_some() { "jwt" } else { "anonymous" } }));
+                self.state.metrics.connections_total.with_label_values(&["accepted"]).inc();
+                self.identity = Some(identity);
+                self.outbox.text(protocol::connection_ack());
+            }
+            Err(failure) => {
+                tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
+                self.audit("socket.auth_failed", Severity::Warn, None, json!({ "cause": failure.to_string() }));
+                self.state.metrics.connections_total.with_label_values(&["auth_failed"]).inc();
+                if self.protocol == Protocols::SubscriptionsTransportWS {
+                    self.outbox.text(protocol::connection_error("Forbidden"));
+                }
+                self.outbox.close(Close::new(code::FORBIDDEN, "Forbidden"));
+            }
+        }
+    }
+
+    fn start(&mut self, id: String, request: async_graphql::Request, tasks: &mut JoinSet<(String, u64)>) {
+        let Some(identity) = &self.identity else {
+            return self.outbox.close(Close::new(code::UNAUTHORIZED, "Unauthorized"));
+        };
+        if self.operations.get(&id).is_some_and(|(_, handle)| !handle.is_finished()) {
+            return self.outbox.close(Close::new(code::DUPLICATE_ID, format!("Subscriber for {id} already exists")));
+        }
+        let limit = self.state.config.connections.max_operations as usize;
+        if self.operations.len() >= limit {
+            let mut extensions = async_graphql::ErrorExtensionValues::default();
+            extensions.set("code", "MAX_OPERATIONS_LIMIT");
+            extensions.set("limit", limit as u64);
+            let mut error = async_graphql::ServerError::new(format!("Too many concurrent operations on this connection (limit {limit})"), None);
+            error.extensions = Some(extensions);
+            self.state.metrics.operations_total.with_label_values(&["unknown", "rejected"]).inc();
+            self.outbox.text(protocol::error(self.protocol, &id, &[error]));
+            return;
+        }
+        let caller = Caller { identity: identity.clone(), connection_id: Some(self.id.clone()) };
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let task = operation::run(self.state.schema.clone(), request.data(caller), self.protocol, id.clone(), generation, self.outbox.clone());
+        let handle = tasks.spawn(task);
+        self.operations.insert(id, (generation, handle));
+    }
+
+    fn reap(&mut self, finished: Result<(String, u64), tokio::task::JoinError>) {
+        match finished {
+            Ok((id, generation)) => {
+                if self.operations.get(&id).is_some_and(|(g, _)| *g == generation) {
+                    self.operations.remove(&id);
+                }
+            }
+            Err(error) if error.is_panic() => {
+                tracing::error!(parent: &self.span, "an operation panicked");
+                self.outbox.close(Close::new(code::INTERNAL, "Internal error"));
+            }
+            // Aborted by a client `complete`: its slot was already freed.
+            Err(_) => {}
+        }
+    }
+
+    fn audit(&self, action: &'static str, severity: Severity, user_id: Option<String>, metadata: serde_json::Value) {
+        self.state.audit.record(Entry { action, severity, user_id, connection_id: Some(self.id.clone()), ip: Some(self.peer.ip.clone()), metadata });
+    }
+}
+
+/// axum hides tungstenite's error type, so its capacity error is recognised by its text
+/// ("Space limit exceeded: Message too long: N > M").
+fn is_too_big(error: &axum::Error) -> bool {
+    error.to_string().contains("Space limit exceeded")
+}

@@ -1,0 +1,86 @@
+//! The outgoing side of a connection: a bounded queue drained by one writer task.
+//!
+//! Everything a connection sends goes through [`Outbox::push`], which never waits: a client that
+//! reads too slowly fills its own queue and is closed as a slow consumer, so it can stall neither
+//! other clients nor the other operations on its own connection.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::{mpsc, watch};
+
+use super::protocol::{Close, code};
+
+/// How long a close frame may take to reach a client that is no longer reading.
+const CLOSE_FLUSH: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct Outbox {
+    queue: mpsc::Sender<Message>,
+    close: watch::Sender<Option<Close>>,
+}
+
+impl Outbox {
+    /// Starts the writer task for `sink`; returns the outbox, a receiver that sees the close
+    /// decision, and the writer's handle (it ends after sending the close frame or when the socket
+    /// fails).
+    pub fn start(sink: SplitSink<WebSocket, Message>, capacity: usize) -> (Self, watch::Receiver<Option<Close>>, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let (close, close_rx) = watch::channel(None);
+        let writer = tokio::spawn(write_loop(sink, rx, close.subscribe()));
+        (Self { queue, close }, close_rx, writer)
+    }
+
+    pub fn text(&self, text: String) -> bool {
+        self.push(Message::Text(text.into()))
+    }
+
+    /// Queues a message; false when the connection is closing. A full queue closes the
+    /// connection as a slow consumer.
+    pub fn push(&self, message: Message) -> bool {
+        match self.queue.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(Close::new(code::SLOW_CONSUMER, "Slow consumer: send queue full"));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Decides to close with `close`; the first decision wins.
+    pub fn close(&self, close: Close) {
+        self.close.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(close);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Message>, mut close: watch::Receiver<Option<Close>>) {
+    loop {
+        // `biased`: once a close is decided, queued messages are not worth delivering, and a send
+        // stuck on a client that stopped reading must not delay the close.
+        tokio::select! {
+            biased;
+            _ = close.changed() => break,
+            message = queue.recv() => {
+                let Some(message) = message else { return };
+                tokio::select! {
+                    biased;
+                    _ = close.changed() => break,
+                    sent = sink.send(message) => if sent.is_err() { return },
+                }
+            }
+        }
+    }
+    let Some(decided) = close.borrow().clone() else { return };
+    let frame = CloseFrame { code: decided.code, reason: decided.reason.into() };
+    let _ = tokio::time::timeout(CLOSE_FLUSH, sink.send(Message::Close(Some(frame)))).await;
+}

@@ -1,0 +1,119 @@
+//! The two GraphQL-over-WebSocket subprotocols and Palisade's close codes.
+//!
+//! `graphql-transport-ws` (the `graphql-ws` library) is the modern one; `graphql-ws` is the legacy
+//! subscriptions-transport-ws protocol some older Apollo clients still speak. Client messages of
+//! both parse into async-graphql's `ClientMessage`; server messages are written here.
+
+use async_graphql::http::WebSocketProtocols as Protocols;
+use async_graphql::{Response, ServerError};
+use serde_json::{Value, json};
+
+/// Why a connection was closed: a WebSocket close code and a human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Close {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+/// Close codes. The stock graphql-ws client retries every code except 4400, 4401, 4409, 4429, 4500
+/// and most 1xxx ones, so codes a client should come back from (shutdown, slow consumer, missed
+/// pong) are chosen outside that list.
+pub mod code {
+    /// Normal closure (the client said goodbye).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down; clients reconnect, reaching another instance.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The connection dropped without a close frame.
+    pub const ABNORMAL: u16 = 1006;
+    /// A message exceeded `payload.max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// A message was not valid JSON or not a known message type.
+    pub const BAD_REQUEST: u16 = 4400;
+    /// `subscribe` before `connection_ack`.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Authentication failed (same reason text for every cause).
+    pub const FORBIDDEN: u16 = 4403;
+    /// No `connection_init` within `auth.connection_init_timeout`.
+    pub const INIT_TIMEOUT: u16 = 4408;
+    /// `subscribe` with an id that is already running.
+    pub const DUPLICATE_ID: u16 = 4409;
+    /// A second `connection_init`.
+    pub const TOO_MANY_INIT: u16 = 4429;
+    /// An internal error on the server.
+    pub const INTERNAL: u16 = 4500;
+    /// The client read too slowly and its send queue (`connections.send_queue`) filled up.
+    pub const SLOW_CONSUMER: u16 = 4503;
+    /// A server ping went unanswered for `connections.pong_timeout`.
+    pub const PONG_TIMEOUT: u16 = 4504;
+}
+
+/// The subprotocol the client asked for, among those Palisade speaks; modern one first.
+pub fn negotiate<'a>(requested: impl Iterator<Item = &'a str>) -> Option<Protocols> {
+    let offered: Vec<Protocols> = requested
+        .flat_map(|header| header.split(','))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    [Protocols::GraphQLWS, Protocols::SubscriptionsTransportWS].into_iter().find(|p| offered.contains(p))
+}
+
+pub fn connection_ack() -> String {
+    json!({ "type": "connection_ack" }).to_string()
+}
+
+/// The legacy protocol reports a refused init as a message before the close.
+pub fn connection_error(message: &str) -> String {
+    json!({ "type": "connection_error", "payload": { "message": message } }).to_string()
+}
+
+pub fn keep_alive() -> String {
+    json!({ "type": "ka" }).to_string()
+}
+
+pub fn pong(payload: Option<Value>) -> String {
+    match payload {
+        Some(payload) => json!({ "type": "pong", "payload": payload }),
+        None => json!({ "type": "pong" }),
+    }
+    .to_string()
+}
+
+pub fn next(protocol: Protocols, id: &str, response: &Response) -> String {
+    let kind = match protocol {
+        Protocols::GraphQLWS => "next",
+        Protocols::SubscriptionsTransportWS => "data",
+    };
+    json!({ "id": id, "type": kind, "payload": response }).to_string()
+}
+
+/// Errors that end an operation before it produced a result (parse, validation, limits).
+pub fn error(protocol: Protocols, id: &str, errors: &[ServerError]) -> String {
+    let payload = match protocol {
+        Protocols::GraphQLWS => json!(errors),
+        // subscriptions-transport-ws carries one error object.
+        Protocols::SubscriptionsTransportWS => json!(errors.first()),
+    };
+    json!({ "id": id, "type": "error", "payload": payload }).to_string()
+}
+
+pub fn complete(id: &str) -> String {
+    json!({ "id": id, "type": "complete" }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_modern_protocol_wins_when_a_client_offers_both() {
+        assert_eq!(negotiate(["graphql-ws, graphql-transport-ws"].into_iter()), Some(Protocols::GraphQLWS));
+        assert_eq!(negotiate(["graphql-ws"].into_iter()), Some(Protocols::SubscriptionsTransportWS));
+        assert_eq!(negotiate(["chat"].into_iter()), None);
+        assert_eq!(negotiate(std::iter::empty()), None);
+    }
+}
