@@ -57,17 +57,20 @@ pub struct TopicRule {
     #[validate(custom(function = "super::checks::topic_pattern"))]
     pub pattern: String,
     /// Who may subscribe; any one grant suffices. Default `[]` (nobody).
-    #[serde(default)]
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<Grant>")]
     pub subscribe: Vec<Grant>,
     /// Who may publish; any one grant suffices. Default `[]` (nobody).
-    #[serde(default)]
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<Grant>")]
     pub publish: Vec<Grant>,
     /// System topics (incident alerts and the like) bypass client rate budgets. Default `false`.
     #[serde(default)]
     pub system: bool,
 }
 
-/// One way to be granted access to a topic.
+/// One way to be granted access to a topic, written as a one-key map (`{role: service}`) or, for
+/// `authenticated`, a plain word.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Grant {

@@ -68,7 +68,7 @@ pub enum OnUserLimit {
 }
 
 /// Operation budgets.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, Validate)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
 #[serde(default, deny_unknown_fields)]
 pub struct Operations {
     /// The budget of every connection: queries, mutations and subscription starts.
@@ -76,7 +76,6 @@ pub struct Operations {
     pub rate_limit: RateLimit,
     /// Budgets for single operations across all of a user's connections, keyed by operation
     /// (root field) name. Default `{sendMessage: {limit: 30, window: 60s, scope: user}}`.
-    #[serde(default = "default_per_operation")]
     #[validate(nested)]
     pub per_operation: BTreeMap<String, OperationLimit>,
     /// Limits on plain HTTP requests per client IP.
@@ -84,11 +83,15 @@ pub struct Operations {
     pub http: HttpLimit,
 }
 
-fn default_per_operation() -> BTreeMap<String, OperationLimit> {
-    BTreeMap::from([(
-        "sendMessage".to_string(),
-        OperationLimit { limit: 30, window: Duration::secs(60), scope: LimitScope::User },
-    )])
+impl Default for Operations {
+    fn default() -> Self {
+        let send_message = OperationLimit { limit: 30, window: Duration::secs(60), scope: LimitScope::User };
+        Self {
+            rate_limit: RateLimit::default(),
+            per_operation: BTreeMap::from([("sendMessage".to_string(), send_message)]),
+            http: HttpLimit::default(),
+        }
+    }
 }
 
 /// A connection's operation budget.

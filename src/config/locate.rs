@@ -1,4 +1,4 @@
-//! Finds where a dotted key path (`operations.rate_limit.warn_at`) stands in the YAML text, so a
+//! Finds where a key path (`operations.rate_limit.warn_at`, `topics.rules[1]`) stands in the YAML text, so a
 //! rule checked after deserialization can still point at a line and column.
 
 use saphyr_parser::{Event, Parser, Span};
@@ -14,7 +14,8 @@ pub fn locate(yaml: &str, path: &str) -> Option<(usize, usize)> {
             _ => {}
         }
     }
-    let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+    // `topics.rules[1].pattern` → topics, rules, 1, pattern
+    let segments: Vec<&str> = path.split(['.', '[', ']']).filter(|s| !s.is_empty()).collect();
     let span = descend(&mut parser, &segments)?;
     Some((span.start.line(), span.start.col() + 1))
 }
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_list_index_is_followed() {
-        assert_eq!(locate(YAML, "topics.rules.1.pattern"), Some((11, 16)));
+        assert_eq!(locate(YAML, "topics.rules[1].pattern"), Some((11, 16)));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub struct Config {
 /// One broken rule: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// Dotted key path, e.g. `operations.rate_limit.warn_at`.
+    /// Key path as YAML errors write it, e.g. `operations.rate_limit.warn_at` or `topics.rules[1]`.
     pub path: String,
     /// 1-based line and column in the file, when the key is written there.
     pub position: Option<(usize, usize)>,
@@ -188,7 +188,7 @@ fn flatten(errors: &ValidationErrors, prefix: String, out: &mut Vec<Problem>) {
             ValidationErrorsKind::Struct(inner) => flatten(inner, path, out),
             ValidationErrorsKind::List(items) => {
                 for (index, inner) in items {
-                    flatten(inner, format!("{path}.{index}"), out);
+                    flatten(inner, format!("{path}[{index}]"), out);
                 }
             }
             ValidationErrorsKind::Field(list) => {

@@ -25,8 +25,15 @@ impl Duration {
 }
 
 impl fmt::Display for Duration {
+    /// In the largest unit that divides it evenly (`90d`, not `2months 29days …`), so defaults read
+    /// the way an operator writes them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        let ms = self.0.as_millis();
+        let (value, unit) = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")]
+            .into_iter()
+            .find(|(size, _)| ms >= *size && ms % size == 0)
+            .map_or((ms, "ms"), |(size, unit)| (ms / size, unit));
+        write!(f, "{value}{unit}")
     }
 }
 
@@ -86,14 +93,24 @@ macro_rules! text_unit {
 
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                // Accept bare integers too (`max_message_bytes: 65536`): YAML gives them as numbers.
-                let raw = serde_yaml::Value::deserialize(d)?;
-                let text = match raw {
-                    serde_yaml::Value::String(s) => s,
-                    serde_yaml::Value::Number(n) => format!("{n}{}", if $name == "Duration" { "s" } else { "" }),
-                    other => return Err(serde::de::Error::custom(format!("expected a {} like `{}`, got {other:?}", $name, $example))),
-                };
-                text.parse().map_err(serde::de::Error::custom)
+                struct Text;
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $ty;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "a {} like `{}`", $name, $example)
+                    }
+
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+
+                    // A bare number is seconds for a duration, bytes for a size.
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                        self.visit_str(&format!("{v}{}", if $name == "Duration" { "s" } else { "B" }))
+                    }
+                }
+                d.deserialize_any(Text)
             }
         }
 
@@ -122,10 +139,11 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_round_trip_through_their_text_form() {
-        for text in ["30s", "5m", "1h", "7d", "90d"] {
+        for text in ["30s", "5m", "1h", "7d", "90d", "250ms", "0ms"] {
             let d: Duration = text.parse().unwrap();
-            assert_eq!(d.to_string().parse::<Duration>().unwrap(), d);
+            assert_eq!(d.to_string(), text);
         }
+        assert_eq!("90s".parse::<Duration>().unwrap().to_string(), "90s");
         assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize::kib(64));
         assert_eq!(ByteSize::kib(64).to_string(), "64KiB");
         assert_eq!("1MiB".parse::<ByteSize>().unwrap().to_string(), "1MiB");

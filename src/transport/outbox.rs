@@ -65,8 +65,8 @@ impl Outbox {
 
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Message>, mut close: watch::Receiver<Option<Close>>) {
     loop {
-        // `biased`: once a close is decided, queued messages are not worth delivering, and a send
-        // stuck on a client that stopped reading must not delay the close.
+        // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
+        // reading must not delay the close beyond CLOSE_FLUSH.
         tokio::select! {
             biased;
             _ = close.changed() => break,
@@ -81,6 +81,18 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Re
         }
     }
     let Some(decided) = close.borrow().clone() else { return };
-    let frame = CloseFrame { code: decided.code, reason: decided.reason.into() };
-    let _ = tokio::time::timeout(CLOSE_FLUSH, sink.send(Message::Close(Some(frame)))).await;
+    let finish = async {
+        // What was queued before the decision (an `error`, a final notice) still goes out first,
+        // except to a slow consumer, whose backlog is the problem.
+        if decided.code != code::SLOW_CONSUMER {
+            while let Ok(message) = queue.try_recv() {
+                if sink.send(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let frame = CloseFrame { code: decided.code, reason: decided.reason.into() };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    };
+    let _ = tokio::time::timeout(CLOSE_FLUSH, finish).await;
 }

@@ -1,1 +1,12 @@
+//! One integration-test binary: every suite spawns real servers and talks to them over sockets.
 
+mod cli;
+mod connection_log;
+mod graphql_ws;
+mod helpers;
+mod http;
+mod legacy_protocol;
+mod limits;
+mod lifecycle;
+mod postgres;
+mod schema;

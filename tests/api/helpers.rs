@@ -1,0 +1,184 @@
+//! Spawns Palisade on port 0 with a fresh database and talks to it over real sockets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use palisade::auth::jwt;
+use palisade::auth::secret::HmacSecret;
+use palisade::config::Config;
+use palisade::db::Database;
+use palisade::startup::{AppState, Application, DatabaseSource, Settings};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any single expected message.
+const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    /// The SQLite URL, for reading rows after the server (and its pool) stopped.
+    pub database_url: Option<String>,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    secret: HmacSecret,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns with a fresh SQLite database, after `tweak` adjusts the configuration.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
+    let mut app = spawn(DatabaseSource::Url(url.clone()), tweak, dir).await;
+    app.database_url = Some(url);
+    app
+}
+
+/// Spawns on a database made by the test (a fresh PostgreSQL database from `#[sqlx::test]`).
+pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(DatabaseSource::Ready(db), tweak, tempfile::tempdir().expect("temp dir")).await
+}
+
+async fn spawn(database: DatabaseSource, tweak: impl FnOnce(&mut Config), dir: tempfile::TempDir) -> TestApp {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut config);
+    let secret = HmacSecret { bytes: b"integration-test-secret".to_vec(), development: false };
+    let settings = Settings { config, config_path: None, database, redis_url: None, jwt_secret: secret.clone() };
+    let app = Application::build(settings).await.expect("the app builds");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp { addr, database_url: None, state, stop: Some(stop), server, secret, _dir: dir }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        self.token_with(sub, Map::new())
+    }
+
+    pub fn token_with(&self, sub: &str, claims: Map<String, Value>) -> String {
+        jwt::mint(&self.secret, &self.state.config.auth.jwt, sub, claims, Duration::from_secs(600)).unwrap()
+    }
+
+    /// Opens a WebSocket offering `protocol`, without sending anything.
+    pub async fn ws(&self, protocol: &str) -> WsClient {
+        let mut request = format!("ws://{}/graphql", self.addr).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+        let (stream, response) = tokio_tungstenite::connect_async(request).await.expect("the upgrade succeeds");
+        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+        WsClient { stream }
+    }
+
+    /// A `graphql-transport-ws` connection that has been acknowledged for user `sub`.
+    pub async fn ws_acked(&self, sub: &str) -> WsClient {
+        let mut client = self.ws("graphql-transport-ws").await;
+        client.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", self.token(sub)) } })).await;
+        assert_eq!(client.recv().await["type"], "connection_ack");
+        client
+    }
+
+    /// Runs a GraphQL operation over HTTP as `sub`.
+    pub async fn post(&self, sub: &str, query: &str, variables: Value) -> Value {
+        reqwest::Client::new()
+            .post(self.url("/graphql"))
+            .bearer_auth(self.token(sub))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Signals shutdown, as SIGTERM would.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server to finish shutting down and returns its result.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(30), &mut self.server).await.expect("shutdown finishes").expect("the server task does not panic")
+    }
+}
+
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, message: Value) {
+        self.stream.send(Message::text(message.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next protocol message, skipping WebSocket pings; panics on a close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server's close frame and returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame().await {
+                Message::Close(Some(frame)) => return (frame.code.into(), frame.reason.to_string()),
+                Message::Close(None) => return (1005, String::new()),
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn next_frame(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.stream.next())
+            .await
+            .expect("the server answers in time")
+            .expect("the stream is open")
+            .expect("the frame is valid")
+    }
+}
+
+/// The connection log as (user_id, subprotocol, ip, close_code, reason), oldest first, once every
+/// row is closed out (connections end asynchronously after the client's close).
+pub async fn closed_connection_rows(db: &Database) -> Vec<(Option<String>, String, String, Option<i32>, Option<String>)> {
+    for _ in 0..100 {
+        let rows: Vec<(Option<String>, String, String, Option<i32>, Option<String>)> = palisade::on_pool!(db, |pool| {
+            sqlx::query_as("SELECT user_id, subprotocol, ip, close_code, reason FROM connection_log ORDER BY connected_at")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        });
+        if !rows.is_empty() && rows.iter().all(|r| r.3.is_some()) {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("connection rows were not closed out in time");
+}
