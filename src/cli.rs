@@ -15,7 +15,11 @@ use crate::startup::{Application, DatabaseSource, Settings};
 use crate::{db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "A hardened GraphQL subscriptions server")]
+#[command(
+    name = "palisade",
+    version,
+    about = "A hardened GraphQL subscriptions server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -54,7 +58,9 @@ enum Command {
 }
 
 fn parse_claim(raw: &str) -> Result<(String, Value), String> {
-    let (key, value) = raw.split_once('=').ok_or_else(|| format!("`{raw}` is not key=value"))?;
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("`{raw}` is not key=value"))?;
     let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
     Ok((key.to_string(), value))
 }
@@ -75,10 +81,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { sub, claims, ttl, config } => {
+        Command::Token {
+            sub,
+            claims,
+            ttl,
+            config,
+        } => {
             let (config, _) = load(config)?;
             let secret = HmacSecret::resolve(&config.auth.jwt.secret_env)?;
-            let token = jwt::mint(&secret, &config.auth.jwt, &sub, Map::from_iter(claims), Duration::from(ttl))?;
+            let token = jwt::mint(
+                &secret,
+                &config.auth.jwt,
+                &sub,
+                Map::from_iter(claims),
+                Duration::from(ttl),
+            )?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -96,7 +113,9 @@ fn load(explicit: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>)> 
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
     let Some(path) = Config::resolve_path(path) else {
-        eprintln!("no configuration file: pass a path, set PALISADE_CONFIG, or create ./hardening.yaml");
+        eprintln!(
+            "no configuration file: pass a path, set PALISADE_CONFIG, or create ./hardening.yaml"
+        );
         return ExitCode::from(2);
     };
     match Config::load(&path) {
@@ -120,8 +139,12 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         None => tracing::info!("no hardening.yaml found: running on built-in defaults"),
     }
     let settings = Settings {
-        database: DatabaseSource::Url(std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_URL.to_string())),
-        redis_url: std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty()),
+        database: DatabaseSource::Url(
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_URL.to_string()),
+        ),
+        redis_url: std::env::var("REDIS_URL")
+            .ok()
+            .filter(|url| !url.is_empty()),
         jwt_secret,
         config_path,
         config,
@@ -129,14 +152,22 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     if settings.jwt_secret.development {
         announce_development_secret(&settings)?;
     }
-    let app = Application::build(settings).await.context("starting Palisade")?;
+    let app = Application::build(settings)
+        .await
+        .context("starting Palisade")?;
     tracing::info!(address = %app.local_addr(), "listening");
     app.run_until_stopped(shutdown_signal()).await
 }
 
 fn announce_development_secret(settings: &Settings) -> anyhow::Result<()> {
     let jwt = &settings.config.auth.jwt;
-    let token = jwt::mint(&settings.jwt_secret, jwt, "dev", Map::new(), Duration::from_secs(24 * 3600))?;
+    let token = jwt::mint(
+        &settings.jwt_secret,
+        jwt,
+        "dev",
+        Map::new(),
+        Duration::from_secs(24 * 3600),
+    )?;
     tracing::warn!(
         "{} is unset: using a DEVELOPMENT-ONLY JWT secret from {}/dev-secret. Never run like this in production.",
         jwt.secret_env,

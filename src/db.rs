@@ -85,7 +85,12 @@ impl Database {
 
     /// A round trip to the database, for `/readyz`.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        let check = async { on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop)) };
+        let check = async {
+            on_pool!(self, |pool| sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(drop))
+        };
         tokio::time::timeout(ACQUIRE_TIMEOUT, check)
             .await
             .context("the database did not answer in time")?

@@ -60,7 +60,8 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.log();
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body =
+            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
         (self.status(), Json(body)).into_response()
     }
 }
@@ -71,7 +72,10 @@ impl async_graphql::ErrorExtensions for Error {
     fn extend(&self) -> async_graphql::Error {
         self.log();
         let mut error = async_graphql::Error::new(self.to_string());
-        error.extensions.get_or_insert_with(Default::default).set("code", self.code());
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", self.code());
         error
     }
 }

@@ -17,20 +17,36 @@ use crate::startup::AppState;
 use crate::transport;
 
 /// `POST <graphql_path>`: queries and mutations.
-pub async fn graphql_post(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+pub async fn graphql_post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     execute(state, peer, request).await
 }
 
 /// `GET <graphql_path>`: a WebSocket upgrade, GraphiQL for a browser, or a query in the URL.
-pub async fn graphql_get(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+pub async fn graphql_get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let (mut parts, body) = request.into_parts();
-    if parts.headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+    if parts
+        .headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(ws) => transport::upgrade(state, peer, parts.headers, ws),
             Err(rejection) => rejection.into_response(),
         };
     }
-    let wants_html = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
+    let wants_html = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
     if wants_html && parts.uri.query().is_none() {
         return graphiql_page(&state);
     }
@@ -52,11 +68,19 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
             return Error::Unauthenticated.into_response();
         }
     };
-    let request = match GraphQLRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(request, &state).await {
-        Ok(request) => request.into_inner(),
-        Err(rejection) => return Error::BadUserInput(rejection.0.to_string()).into_response(),
+    let request =
+        match GraphQLRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
+            request, &state,
+        )
+        .await
+        {
+            Ok(request) => request.into_inner(),
+            Err(rejection) => return Error::BadUserInput(rejection.0.to_string()).into_response(),
+        };
+    let caller = Caller {
+        identity,
+        connection_id: None,
     };
-    let caller = Caller { identity, connection_id: None };
     GraphQLResponse::from(state.schema.execute(request.data(caller)).await).into_response()
 }
 
@@ -81,14 +105,22 @@ assets! {
 }
 
 fn graphiql_page(state: &AppState) -> Response {
-    let page = include_str!("../assets/graphiql/index.html").replace("__GRAPHQL_PATH__", &state.config.server.graphql_path);
+    let page = include_str!("../assets/graphiql/index.html")
+        .replace("__GRAPHQL_PATH__", &state.config.server.graphql_path);
     Html(page).into_response()
 }
 
 /// `GET /graphiql/{file}`.
 pub async fn graphiql_asset(Path(file): Path<String>) -> Response {
     match asset(&file) {
-        Some((bytes, mime)) => ([(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "public, max-age=86400")], bytes).into_response(),
+        Some((bytes, mime)) => (
+            [
+                (header::CONTENT_TYPE, mime),
+                (header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
+            bytes,
+        )
+            .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -102,14 +134,21 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = serde_json::Map::new();
     let database = state.db.ping().await;
-    checks.insert("database".into(), check_result(&database, state.db.backend()));
+    checks.insert(
+        "database".into(),
+        check_result(&database, state.db.backend()),
+    );
     let mut ready = database.is_ok();
     if let Some(client) = &state.redis {
         let redis = ping_redis(client).await;
         ready &= redis.is_ok();
         checks.insert("redis".into(), check_result(&redis, "redis"));
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": checks });
     (status, Json(body)).into_response()
 }
@@ -125,14 +164,26 @@ fn check_result(result: &anyhow::Result<()>, backend: &str) -> serde_json::Value
 async fn ping_redis(client: &redis::Client) -> anyhow::Result<()> {
     use anyhow::Context;
     let probe = async {
-        let mut connection = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
-        redis::cmd("PING").query_async::<String>(&mut connection).await.context("PING")
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .context("connecting to Redis")?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .context("PING")
     };
-    tokio::time::timeout(std::time::Duration::from_secs(3), probe).await.context("Redis did not answer in time")??;
+    tokio::time::timeout(std::time::Duration::from_secs(3), probe)
+        .await
+        .context("Redis did not answer in time")??;
     Ok(())
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }

@@ -69,15 +69,26 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let config = Arc::new(settings.config);
-        let instance = Arc::new(Instance { id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(), started: Instant::now() });
+        let instance = Arc::new(Instance {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            started: Instant::now(),
+        });
         let metrics = Arc::new(Metrics::new(&instance.id));
         let db = match settings.database {
             DatabaseSource::Url(url) => Database::connect(&url).await?,
             DatabaseSource::Ready(db) => db,
         };
-        let redis = settings.redis_url.as_deref().map(redis::Client::open).transpose().context("parsing REDIS_URL")?;
+        let redis = settings
+            .redis_url
+            .as_deref()
+            .map(redis::Client::open)
+            .transpose()
+            .context("parsing REDIS_URL")?;
         let verifier = Verifier::new(&config.auth.jwt, &settings.jwt_secret)?;
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(config.streams.replay_limit as usize, config.connections.send_queue as usize));
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(
+            config.streams.replay_limit as usize,
+            config.connections.send_queue as usize,
+        ));
         let schema = graphql::build(&config, bus, instance.clone(), metrics.clone());
         let state = AppState {
             audit: Audit::start(db.clone(), metrics.clone()),
@@ -91,20 +102,34 @@ impl Application {
             tracker: TaskTracker::new(),
             config: config.clone(),
         };
-        let listener = TcpListener::bind(config.server.listen).await.with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
         let admin_listener = match config.server.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding server.admin_listen {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding server.admin_listen {addr}"))?,
+            ),
             None => None,
         };
-        Ok(Self { listener, admin_listener, state })
+        Ok(Self {
+            listener,
+            admin_listener,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_listener.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+        self.admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     pub fn state(&self) -> &AppState {
@@ -112,8 +137,15 @@ impl Application {
     }
 
     /// Serves until `signal` resolves, then shuts down gracefully within `server.shutdown_grace`.
-    pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, admin_listener, state } = self;
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            admin_listener,
+            state,
+        } = self;
         let (main, admin) = routers(&state, admin_listener.is_some());
         let shutdown = state.shutdown.clone();
         // The signal cancels the token; everything else (listeners, connections) watches the token.
@@ -127,13 +159,21 @@ impl Application {
         let serve = |listener: TcpListener, router: Router| {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
             })
         };
         let main_server = serve(listener, main);
-        let admin_server = admin_listener.map(|listener| serve(listener, admin.expect("admin router exists with its listener")));
+        let admin_server = admin_listener.map(|listener| {
+            serve(
+                listener,
+                admin.expect("admin router exists with its listener"),
+            )
+        });
         shutdown.cancelled().await;
         tracing::info!("shutting down: closing WebSockets and finishing requests");
         let grace = state.config.server.shutdown_grace.get();
@@ -164,16 +204,31 @@ fn routers(state: &AppState, separate_admin: bool) -> (Router, Option<Router>) {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .with_state(state.clone());
-    let origins: Vec<HeaderValue> = config.server.cors.allowed_origins.iter().filter_map(|o| o.parse().ok()).collect();
+    let origins: Vec<HeaderValue> = config
+        .server
+        .cors
+        .allowed_origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect();
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     let main = Router::new()
-        .route(&config.server.graphql_path, get(http::graphql_get).post(http::graphql_post))
+        .route(
+            &config.server.graphql_path,
+            get(http::graphql_get).post(http::graphql_post),
+        )
         .route("/graphiql/{file}", get(http::graphiql_asset))
-        .layer(DefaultBodyLimit::max(config.payload.max_message_bytes.bytes()))
+        .layer(DefaultBodyLimit::max(
+            config.payload.max_message_bytes.bytes(),
+        ))
         .layer(cors)
         .with_state(state.clone());
-    if separate_admin { (main, Some(admin)) } else { (main.merge(admin), None) }
+    if separate_admin {
+        (main, Some(admin))
+    } else {
+        (main.merge(admin), None)
+    }
 }

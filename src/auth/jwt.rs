@@ -28,17 +28,27 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(config: &JwtConfig, secret: &HmacSecret) -> anyhow::Result<Self> {
         if config.public_key_file.is_some() || config.jwks_file.is_some() {
-            anyhow::bail!("auth.jwt.public_key_file and auth.jwt.jwks_file are not supported by this build; use an HMAC secret");
+            anyhow::bail!(
+                "auth.jwt.public_key_file and auth.jwt.jwks_file are not supported by this build; use an HMAC secret"
+            );
         }
         let algorithms = config
             .algorithms
             .iter()
-            .map(|a| a.parse::<Algorithm>().with_context(|| format!("auth.jwt.algorithms: `{a}`")))
+            .map(|a| {
+                a.parse::<Algorithm>()
+                    .with_context(|| format!("auth.jwt.algorithms: `{a}`"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         // One key family only: an HMAC secret must never verify a token whose header claims an
         // asymmetric algorithm, or the reverse.
-        if let Some(bad) = algorithms.iter().find(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) {
-            anyhow::bail!("auth.jwt.algorithms: {bad:?} needs a public key, but only an HMAC secret is configured");
+        if let Some(bad) = algorithms
+            .iter()
+            .find(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+        {
+            anyhow::bail!(
+                "auth.jwt.algorithms: {bad:?} needs a public key, but only an HMAC secret is configured"
+            );
         }
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
@@ -53,7 +63,10 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Self { key: DecodingKey::from_secret(&secret.bytes), validation })
+        Ok(Self {
+            key: DecodingKey::from_secret(&secret.bytes),
+            validation,
+        })
     }
 
     /// The token's claims when it is valid now.
@@ -91,8 +104,12 @@ pub fn mint(
         .filter_map(|a| a.parse::<Algorithm>().ok())
         .find(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
         .context("auth.jwt.algorithms has no HMAC algorithm to sign with")?;
-    jsonwebtoken::encode(&Header::new(algorithm), &claims, &EncodingKey::from_secret(&secret.bytes))
-        .context("signing the token")
+    jsonwebtoken::encode(
+        &Header::new(algorithm),
+        &claims,
+        &EncodingKey::from_secret(&secret.bytes),
+    )
+    .context("signing the token")
 }
 
 #[cfg(test)]
@@ -100,7 +117,10 @@ mod tests {
     use super::*;
 
     fn secret() -> HmacSecret {
-        HmacSecret { bytes: b"test-secret".to_vec(), development: true }
+        HmacSecret {
+            bytes: b"test-secret".to_vec(),
+            development: true,
+        }
     }
 
     #[test]
@@ -108,7 +128,10 @@ mod tests {
         let config = JwtConfig::default();
         let extra = Map::from_iter([("roles".to_string(), serde_json::json!(["service"]))]);
         let token = mint(&secret(), &config, "alice", extra, Duration::from_secs(60)).unwrap();
-        let claims = Verifier::new(&config, &secret()).unwrap().verify(&token).unwrap();
+        let claims = Verifier::new(&config, &secret())
+            .unwrap()
+            .verify(&token)
+            .unwrap();
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["roles"][0], "service");
     }
@@ -116,8 +139,23 @@ mod tests {
     #[test]
     fn a_token_signed_with_another_secret_is_refused() {
         let config = JwtConfig::default();
-        let other = HmacSecret { bytes: b"other".to_vec(), development: true };
-        let token = mint(&other, &config, "alice", Map::new(), Duration::from_secs(60)).unwrap();
-        assert!(Verifier::new(&config, &secret()).unwrap().verify(&token).is_err());
+        let other = HmacSecret {
+            bytes: b"other".to_vec(),
+            development: true,
+        };
+        let token = mint(
+            &other,
+            &config,
+            "alice",
+            Map::new(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(
+            Verifier::new(&config, &secret())
+                .unwrap()
+                .verify(&token)
+                .is_err()
+        );
     }
 }

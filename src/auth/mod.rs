@@ -49,8 +49,14 @@ impl Authenticator {
 
     /// Authenticates a WebSocket from its `connection_init` payload, falling back to the upgrade
     /// request's `Authorization` header. `Ok(None)` is an accepted anonymous connection.
-    pub fn connection(&self, init_payload: Option<&Value>, upgrade_headers: &HeaderMap) -> Result<Option<Identity>, AuthFailure> {
-        let token = init_payload.and_then(token_from_payload).or_else(|| token_from_headers(upgrade_headers));
+    pub fn connection(
+        &self,
+        init_payload: Option<&Value>,
+        upgrade_headers: &HeaderMap,
+    ) -> Result<Option<Identity>, AuthFailure> {
+        let token = init_payload
+            .and_then(token_from_payload)
+            .or_else(|| token_from_headers(upgrade_headers));
         self.check(token)
     }
 
@@ -61,10 +67,18 @@ impl Authenticator {
 
     fn check(&self, token: Option<String>) -> Result<Option<Identity>, AuthFailure> {
         let Some(token) = token else {
-            return if self.required { Err(AuthFailure::Missing) } else { Ok(None) };
+            return if self.required {
+                Err(AuthFailure::Missing)
+            } else {
+                Ok(None)
+            };
         };
         let claims = self.verifier.verify(&token)?;
-        let user_id = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
+        let user_id = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         Ok(Some(Identity { user_id, claims }))
     }
 }
@@ -72,13 +86,22 @@ impl Authenticator {
 fn token_from_payload(payload: &Value) -> Option<String> {
     let object = payload.as_object()?;
     let field = |name: &str| {
-        object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.as_str())
+        object
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
     };
-    field("authorization").map(strip_bearer).or_else(|| field("token").map(str::to_string))
+    field("authorization")
+        .map(strip_bearer)
+        .or_else(|| field("token").map(str::to_string))
 }
 
 fn token_from_headers(headers: &HeaderMap) -> Option<String> {
-    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok().map(strip_bearer)
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()
+        .map(strip_bearer)
 }
 
 fn strip_bearer(value: &str) -> String {

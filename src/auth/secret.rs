@@ -20,7 +20,9 @@ pub struct HmacSecret {
 
 impl std::fmt::Debug for HmacSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HmacSecret").field("development", &self.development).finish_non_exhaustive()
+        f.debug_struct("HmacSecret")
+            .field("development", &self.development)
+            .finish_non_exhaustive()
     }
 }
 
@@ -28,18 +30,22 @@ impl HmacSecret {
     /// The secret from `env_name`, else the development secret (created when missing).
     pub fn resolve(env_name: &str) -> anyhow::Result<Self> {
         match std::env::var(env_name) {
-            Ok(value) if !value.trim().is_empty() => {
-                Ok(Self { bytes: value.into_bytes(), development: false })
-            }
+            Ok(value) if !value.trim().is_empty() => Ok(Self {
+                bytes: value.into_bytes(),
+                development: false,
+            }),
             _ => Self::development(&PathBuf::from(DEV_DIR).join("dev-secret")),
         }
     }
 
     fn development(path: &Path) -> anyhow::Result<Self> {
-        if let Ok(existing) = std::fs::read_to_string(path) {
-            if !existing.trim().is_empty() {
-                return Ok(Self { bytes: existing.trim().as_bytes().to_vec(), development: true });
-            }
+        if let Ok(existing) = std::fs::read_to_string(path)
+            && !existing.trim().is_empty()
+        {
+            return Ok(Self {
+                bytes: existing.trim().as_bytes().to_vec(),
+                development: true,
+            });
         }
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
@@ -48,7 +54,10 @@ impl HmacSecret {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         write_private(path, &secret).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { bytes: secret.into_bytes(), development: true })
+        Ok(Self {
+            bytes: secret.into_bytes(),
+            development: true,
+        })
     }
 }
 
@@ -56,7 +65,12 @@ impl HmacSecret {
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(contents.as_bytes())
 }
 

@@ -38,30 +38,54 @@ struct Topic {
 impl MemoryBus {
     pub fn new(replay_limit: usize, channel_capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner { last_id: EventId { ms: 0, seq: 0 }, topics: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                last_id: EventId { ms: 0, seq: 0 },
+                topics: HashMap::new(),
+            }),
             replay_limit: replay_limit.max(1),
             channel_capacity: channel_capacity.max(1),
         }
     }
 
     fn topic<'a>(&self, inner: &'a mut Inner, name: &str) -> &'a mut Topic {
-        inner.topics.entry(name.to_string()).or_insert_with(|| Topic {
-            ring: VecDeque::new(),
-            evicted: None,
-            tx: broadcast::channel(self.channel_capacity).0,
-        })
+        inner
+            .topics
+            .entry(name.to_string())
+            .or_insert_with(|| Topic {
+                ring: VecDeque::new(),
+                evicted: None,
+                tx: broadcast::channel(self.channel_capacity).0,
+            })
     }
 }
 
 impl Bus for MemoryBus {
-    fn publish(&self, topic: String, kind: String, payload: Value) -> BoxFuture<'_, Result<Arc<Event>, BusError>> {
+    fn publish(
+        &self,
+        topic: String,
+        kind: String,
+        payload: Value,
+    ) -> BoxFuture<'_, Result<Arc<Event>, BusError>> {
         let mut inner = self.inner.lock().expect("bus lock poisoned");
         let now = Utc::now();
         let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         // Ids only grow, even if the wall clock steps back.
-        let id = if ms > inner.last_id.ms { EventId { ms, seq: 0 } } else { EventId { ms: inner.last_id.ms, seq: inner.last_id.seq + 1 } };
+        let id = if ms > inner.last_id.ms {
+            EventId { ms, seq: 0 }
+        } else {
+            EventId {
+                ms: inner.last_id.ms,
+                seq: inner.last_id.seq + 1,
+            }
+        };
         inner.last_id = id;
-        let event = Arc::new(Event { id, topic: topic.clone(), kind, payload, published_at: now });
+        let event = Arc::new(Event {
+            id,
+            topic: topic.clone(),
+            kind,
+            payload,
+            published_at: now,
+        });
         let replay_limit = self.replay_limit;
         let state = self.topic(&mut inner, &topic);
         state.ring.push_back(event.clone());
@@ -73,7 +97,11 @@ impl Bus for MemoryBus {
         Box::pin(async move { Ok(event) })
     }
 
-    fn subscribe(&self, topic: String, after: Option<EventId>) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
+    fn subscribe(
+        &self,
+        topic: String,
+        after: Option<EventId>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
         let mut inner = self.inner.lock().expect("bus lock poisoned");
         let state = self.topic(&mut inner, &topic);
         let rx = state.tx.subscribe();
@@ -82,7 +110,13 @@ impl Bus for MemoryBus {
             if state.evicted.is_some_and(|evicted| evicted > after) {
                 replay.push(Delivery::Gap { after: Some(after) });
             }
-            replay.extend(state.ring.iter().filter(|e| e.id > after).map(|e| Delivery::Event(e.clone())));
+            replay.extend(
+                state
+                    .ring
+                    .iter()
+                    .filter(|e| e.id > after)
+                    .map(|e| Delivery::Event(e.clone())),
+            );
         }
         drop(inner);
         let live = stream::unfold((rx, after), |(mut rx, last)| async move {
@@ -91,7 +125,9 @@ impl Bus for MemoryBus {
                     let last = Some(event.id);
                     Some((Delivery::Event(event), (rx, last)))
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((Delivery::Gap { after: last }, (rx, last))),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Some((Delivery::Gap { after: last }, (rx, last)))
+                }
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         });

@@ -35,9 +35,13 @@ impl FromStr for EventId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parse = || {
             let (ms, seq) = s.split_once('-')?;
-            Some(EventId { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+            Some(EventId {
+                ms: ms.parse().ok()?,
+                seq: seq.parse().ok()?,
+            })
         };
-        parse().ok_or_else(|| format!("`{s}` is not an event id (expected <milliseconds>-<sequence>)"))
+        parse()
+            .ok_or_else(|| format!("`{s}` is not an event id (expected <milliseconds>-<sequence>)"))
     }
 }
 
@@ -56,7 +60,9 @@ pub enum Delivery {
     Event(Arc<Event>),
     /// Events were lost between `after` and the next delivery (replay window exceeded, or the
     /// subscriber fell behind); the client should refetch state.
-    Gap { after: Option<EventId> },
+    Gap {
+        after: Option<EventId>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +73,18 @@ pub enum BusError {
 
 pub trait Bus: Send + Sync + 'static {
     /// Publishes an event; on success it is stored and ordered, and its id is returned.
-    fn publish(&self, topic: String, kind: String, payload: Value) -> BoxFuture<'_, Result<Arc<Event>, BusError>>;
+    fn publish(
+        &self,
+        topic: String,
+        kind: String,
+        payload: Value,
+    ) -> BoxFuture<'_, Result<Arc<Event>, BusError>>;
 
     /// Every event of `topic` after `after` (replayed, at most the replay limit, then a `Gap`),
     /// then live ones, with no duplicate or hole at the seam.
-    fn subscribe(&self, topic: String, after: Option<EventId>) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>>;
+    fn subscribe(
+        &self,
+        topic: String,
+        after: Option<EventId>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>>;
 }

@@ -14,7 +14,9 @@ pub(super) fn absolute_path(path: &str) -> Result<(), ValidationError> {
     if path.starts_with('/') && !path.contains(char::is_whitespace) {
         Ok(())
     } else {
-        Err(invalid(format!("`{path}` must be an absolute URL path such as /graphql")))
+        Err(invalid(format!(
+            "`{path}` must be an absolute URL path such as /graphql"
+        )))
     }
 }
 
@@ -49,11 +51,15 @@ pub(super) fn algorithms(algorithms: &[String]) -> Result<(), ValidationError> {
 pub(super) fn sql_identifier(name: &str) -> Result<(), ValidationError> {
     // The table name is spliced into SQL, so only plain identifiers are accepted.
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
     } else {
-        Err(invalid(format!("`{name}` must be a plain SQL identifier (letters, digits, _)")))
+        Err(invalid(format!(
+            "`{name}` must be a plain SQL identifier (letters, digits, _)"
+        )))
     }
 }
 
@@ -61,7 +67,9 @@ pub(super) fn json_pointer(pointer: &str) -> Result<(), ValidationError> {
     if pointer.starts_with('/') {
         Ok(())
     } else {
-        Err(invalid(format!("`{pointer}` must be a JSON pointer starting with /, e.g. /passport/user")))
+        Err(invalid(format!(
+            "`{pointer}` must be a JSON pointer starting with /, e.g. /passport/user"
+        )))
     }
 }
 
@@ -89,11 +97,23 @@ pub(super) fn cross_field(config: &Config) -> Vec<(String, String)> {
     };
     let zero = std::time::Duration::ZERO;
     for (path, value) in [
-        ("auth.connection_init_timeout", config.auth.connection_init_timeout),
-        ("connections.ping_interval", config.connections.ping_interval),
+        (
+            "auth.connection_init_timeout",
+            config.auth.connection_init_timeout,
+        ),
+        (
+            "connections.ping_interval",
+            config.connections.ping_interval,
+        ),
         ("connections.pong_timeout", config.connections.pong_timeout),
-        ("operations.rate_limit.window", config.operations.rate_limit.window),
-        ("auth.session.revalidate_every", config.auth.session.revalidate_every),
+        (
+            "operations.rate_limit.window",
+            config.operations.rate_limit.window,
+        ),
+        (
+            "auth.session.revalidate_every",
+            config.auth.session.revalidate_every,
+        ),
         ("retention.cleanup_every", config.retention.cleanup_every),
     ] {
         check(value.get() > zero, path, "must be longer than 0s".into());

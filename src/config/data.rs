@@ -29,17 +29,36 @@ impl Default for Topics {
         };
         let service = || vec![Grant::Role("service".into())];
         let members = |placeholder: &str| {
-            vec![Grant::Claim { name: "workspaces".into(), contains: placeholder.into() }]
+            vec![Grant::Claim {
+                name: "workspaces".into(),
+                contains: placeholder.into(),
+            }]
         };
         Self {
             roles_claim: "roles".into(),
             rules: vec![
-                rule("user:{user}", vec![Grant::Subject("user".into())], service(), false),
-                rule("workspace:{workspace}:{feed}", members("workspace"), service(), false),
+                rule(
+                    "user:{user}",
+                    vec![Grant::Subject("user".into())],
+                    service(),
+                    false,
+                ),
+                rule(
+                    "workspace:{workspace}:{feed}",
+                    members("workspace"),
+                    service(),
+                    false,
+                ),
                 rule(
                     "conversation:{conversation}",
-                    vec![Grant::Claim { name: "conversations".into(), contains: "conversation".into() }],
-                    vec![Grant::Claim { name: "conversations".into(), contains: "conversation".into() }],
+                    vec![Grant::Claim {
+                        name: "conversations".into(),
+                        contains: "conversation".into(),
+                    }],
+                    vec![Grant::Claim {
+                        name: "conversations".into(),
+                        contains: "conversation".into(),
+                    }],
                     false,
                 ),
                 rule("system:{name}", vec![Grant::Authenticated], service(), true),
@@ -123,7 +142,11 @@ pub struct Streams {
 
 impl Default for Streams {
     fn default() -> Self {
-        Self { key_prefix: "palisade".into(), maxlen: 10_000, replay_limit: 1_000 }
+        Self {
+            key_prefix: "palisade".into(),
+            maxlen: 10_000,
+            replay_limit: 1_000,
+        }
     }
 }
 

@@ -5,16 +5,24 @@ use serde_json::{Map, Value};
 
 use super::Config;
 
-pub const BEGIN_MARKER: &str = "<!-- BEGIN hardening.yaml reference (generated: palisade config-docs) -->";
+pub const BEGIN_MARKER: &str =
+    "<!-- BEGIN hardening.yaml reference (generated: palisade config-docs) -->";
 pub const END_MARKER: &str = "<!-- END hardening.yaml reference -->";
 
 /// One table per top-level section, one row per key.
 pub fn markdown() -> String {
     let schema = Config::json_schema();
-    let defs = schema.get("$defs").and_then(Value::as_object).cloned().unwrap_or_default();
+    let defs = schema
+        .get("$defs")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let mut out = String::new();
     for (section, property) in properties(&schema) {
-        out.push_str(&format!("#### `{section}`\n\n{}\n\n", text(property, &defs)));
+        out.push_str(&format!(
+            "#### `{section}`\n\n{}\n\n",
+            text(property, &defs)
+        ));
         out.push_str("| key | default | meaning |\n|---|---|---|\n");
         if let Some(target) = resolve(property, &defs) {
             rows(target, &defs, section, &mut out);
@@ -54,8 +62,14 @@ fn resolve<'a>(property: &'a Value, defs: &'a Map<String, Value>) -> Option<&'a 
 
 fn text(property: &Value, defs: &Map<String, Value>) -> String {
     let own = property.get("description").and_then(Value::as_str);
-    let fallback = resolve(property, defs).and_then(|t| t.get("description")).and_then(Value::as_str);
-    own.or(fallback).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+    let fallback = resolve(property, defs)
+        .and_then(|t| t.get("description"))
+        .and_then(Value::as_str);
+    own.or(fallback)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn default_of(property: &Value) -> String {
@@ -71,7 +85,12 @@ mod tests {
     #[test]
     fn every_key_of_every_section_has_a_row_with_a_meaning() {
         let md = super::markdown();
-        for key in ["`server.listen`", "`auth.jwt.leeway`", "`operations.rate_limit.warn_at`", "`retention.cleanup_every`"] {
+        for key in [
+            "`server.listen`",
+            "`auth.jwt.leeway`",
+            "`operations.rate_limit.warn_at`",
+            "`retention.cleanup_every`",
+        ] {
             assert!(md.contains(key), "{key} missing from\n{md}");
         }
         assert!(!md.contains("|  |"), "a key lacks its doc comment:\n{md}");

@@ -85,7 +85,11 @@ pub struct Operations {
 
 impl Default for Operations {
     fn default() -> Self {
-        let send_message = OperationLimit { limit: 30, window: Duration::secs(60), scope: LimitScope::User };
+        let send_message = OperationLimit {
+            limit: 30,
+            window: Duration::secs(60),
+            scope: LimitScope::User,
+        };
         Self {
             rate_limit: RateLimit::default(),
             per_operation: BTreeMap::from([("sendMessage".to_string(), send_message)]),
@@ -175,7 +179,10 @@ pub struct HttpLimit {
 
 impl Default for HttpLimit {
     fn default() -> Self {
-        Self { per_ip_per_second: 20, burst: 100 }
+        Self {
+            per_ip_per_second: 20,
+            burst: 100,
+        }
     }
 }
 

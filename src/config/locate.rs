@@ -15,7 +15,10 @@ pub fn locate(yaml: &str, path: &str) -> Option<(usize, usize)> {
         }
     }
     // `topics.rules[1].pattern` → topics, rules, 1, pattern
-    let segments: Vec<&str> = path.split(['.', '[', ']']).filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .split(['.', '[', ']'])
+        .filter(|s| !s.is_empty())
+        .collect();
     let span = descend(&mut parser, &segments)?;
     Some((span.start.line(), span.start.col() + 1))
 }
@@ -63,7 +66,10 @@ fn skip_node(parser: &mut Parser<'_, saphyr_parser::StrInput<'_>>) -> Option<boo
 }
 
 /// After a collection's start event, consumes events up to its matching end.
-fn skip_rest_of(parser: &mut Parser<'_, saphyr_parser::StrInput<'_>>, first: &Event<'_>) -> Option<()> {
+fn skip_rest_of(
+    parser: &mut Parser<'_, saphyr_parser::StrInput<'_>>,
+    first: &Event<'_>,
+) -> Option<()> {
     if !matches!(first, Event::MappingStart(..) | Event::SequenceStart(..)) {
         return Some(());
     }

@@ -109,16 +109,26 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: name.clone(),
-            problems: vec![Problem { path: String::new(), position: None, message: format!("cannot read the file: {e}") }],
+            problems: vec![Problem {
+                path: String::new(),
+                position: None,
+                message: format!("cannot read the file: {e}"),
+            }],
         })?;
         Self::from_yaml(&text, &name)
     }
 
     /// Parses and validates YAML text; `source_name` names it in errors.
     pub fn from_yaml(text: &str, source_name: &str) -> Result<Self, ConfigError> {
-        let fail = |problems| ConfigError { source_name: source_name.to_string(), problems };
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
         // An empty file, or one holding only comments, means "all defaults".
-        let config: Config = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        let config: Config = if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             Config::default()
         } else {
             serde_yaml::from_str(text).map_err(|e| fail(vec![yaml_problem(&e)]))?
@@ -130,7 +140,11 @@ impl Config {
         problems.extend(
             checks::cross_field(&config)
                 .into_iter()
-                .map(|(path, message)| Problem { path, position: None, message }),
+                .map(|(path, message)| Problem {
+                    path,
+                    position: None,
+                    message,
+                }),
         );
         if problems.is_empty() {
             return Ok(config);
@@ -178,12 +192,20 @@ fn yaml_problem(e: &serde_yaml::Error) -> Problem {
         Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
         _ => (String::new(), message),
     };
-    Problem { path, position: e.location().map(|l| (l.line(), l.column())), message }
+    Problem {
+        path,
+        position: e.location().map(|l| (l.line(), l.column())),
+        message,
+    }
 }
 
 fn flatten(errors: &ValidationErrors, prefix: String, out: &mut Vec<Problem>) {
     for (field, kind) in errors.errors() {
-        let path = if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") };
+        let path = if prefix.is_empty() {
+            field.to_string()
+        } else {
+            format!("{prefix}.{field}")
+        };
         match kind {
             ValidationErrorsKind::Struct(inner) => flatten(inner, path, out),
             ValidationErrorsKind::List(items) => {
@@ -193,7 +215,11 @@ fn flatten(errors: &ValidationErrors, prefix: String, out: &mut Vec<Problem>) {
             }
             ValidationErrorsKind::Field(list) => {
                 for error in list {
-                    out.push(Problem { path: path.clone(), position: None, message: describe(error) });
+                    out.push(Problem {
+                        path: path.clone(),
+                        position: None,
+                        message: describe(error),
+                    });
                 }
             }
         }
@@ -215,7 +241,9 @@ fn describe(error: &validator::ValidationError) -> String {
         .iter()
         .filter_map(|(key, words)| param(key).map(|v| format!("{words} {v}")))
         .collect();
-    let got = param("value").map(|v| format!(" (got {v})")).unwrap_or_default();
+    let got = param("value")
+        .map(|v| format!(" (got {v})"))
+        .unwrap_or_default();
     match error.code.as_ref() {
         "range" => format!("must be {}{got}", parts.join(" and ")),
         "length" => format!("must have {} item(s)", parts.join(" and ")),

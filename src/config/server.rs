@@ -58,7 +58,10 @@ pub struct Cors {
 impl Default for Cors {
     fn default() -> Self {
         Self {
-            allowed_origins: vec!["http://localhost:5173".into(), "http://localhost:8080".into()],
+            allowed_origins: vec![
+                "http://localhost:5173".into(),
+                "http://localhost:8080".into(),
+            ],
         }
     }
 }

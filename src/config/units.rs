@@ -25,14 +25,21 @@ impl Duration {
 }
 
 impl fmt::Display for Duration {
-    /// In the largest unit that divides it evenly (`90d`, not `2months 29days …`), so defaults read
-    /// the way an operator writes them.
+    /// In the largest unit that divides it evenly (`90d`, not `2months 29days …`), keeping seconds
+    /// under two minutes (`60s`, `90s`), so defaults read the way an operator writes them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        let (value, unit) = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")]
-            .into_iter()
-            .find(|(size, _)| ms >= *size && ms % size == 0)
-            .map_or((ms, "ms"), |(size, unit)| (ms / size, unit));
+        let (value, unit) = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ]
+        .into_iter()
+        .find(|(size, _)| {
+            ms >= *size && ms.is_multiple_of(*size) && (*size != 60_000 || ms >= 120_000)
+        })
+        .map_or((ms, "ms"), |(size, unit)| (ms / size, unit));
         write!(f, "{value}{unit}")
     }
 }
@@ -131,7 +138,12 @@ macro_rules! text_unit {
 }
 
 text_unit!(Duration, "Duration", r"^\s*(\d+\s*[a-zµ]+\s*)+$", "30s");
-text_unit!(ByteSize, "ByteSize", r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$", "64KiB");
+text_unit!(
+    ByteSize,
+    "ByteSize",
+    r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$",
+    "64KiB"
+);
 
 #[cfg(test)]
 mod tests {
@@ -139,11 +151,11 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_round_trip_through_their_text_form() {
-        for text in ["30s", "5m", "1h", "7d", "90d", "250ms", "0ms"] {
+        for text in ["30s", "60s", "90s", "5m", "1h", "7d", "90d", "250ms", "0ms"] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.to_string(), text);
         }
-        assert_eq!("90s".parse::<Duration>().unwrap().to_string(), "90s");
+        assert_eq!("2m".parse::<Duration>().unwrap().to_string(), "2m");
         assert_eq!("64KiB".parse::<ByteSize>().unwrap(), ByteSize::kib(64));
         assert_eq!(ByteSize::kib(64).to_string(), "64KiB");
         assert_eq!("1MiB".parse::<ByteSize>().unwrap().to_string(), "1MiB");

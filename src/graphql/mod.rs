@@ -33,7 +33,12 @@ pub struct Caller {
 }
 
 /// Builds the schema with the shape limits of `payload` that async-graphql enforces itself.
-pub fn build(config: &Config, bus: Arc<dyn Bus>, instance: Arc<Instance>, metrics: Arc<Metrics>) -> AppSchema {
+pub fn build(
+    config: &Config,
+    bus: Arc<dyn Bus>,
+    instance: Arc<Instance>,
+    metrics: Arc<Metrics>,
+) -> AppSchema {
     let payload = &config.payload;
     let mut builder = Schema::build(Query, Mutation, Subscription)
         .data(bus)

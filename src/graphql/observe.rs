@@ -4,7 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest, NextValidation};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextValidation,
+};
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
 
@@ -14,7 +17,11 @@ pub struct Observe(pub Arc<Metrics>);
 
 impl ExtensionFactory for Observe {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ObserveOperation { metrics: self.0.clone(), name: Mutex::default(), kind: Mutex::new("unknown") })
+        Arc::new(ObserveOperation {
+            metrics: self.0.clone(),
+            name: Mutex::default(),
+            kind: Mutex::new("unknown"),
+        })
     }
 }
 
@@ -28,7 +35,10 @@ struct ObserveOperation {
 impl ObserveOperation {
     fn count(&self, outcome: &str) {
         let kind = *self.kind.lock().expect("lock poisoned");
-        self.metrics.operations_total.with_label_values(&[kind, outcome]).inc();
+        self.metrics
+            .operations_total
+            .with_label_values(&[kind, outcome])
+            .inc();
     }
 }
 
@@ -36,7 +46,9 @@ fn operation_kind(doc: &ExecutableDocument, name: Option<&str>) -> &'static str 
     let ty = match (&doc.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op.node.ty),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| op.node.ty)
+        }
         _ => None,
     };
     match ty {
@@ -49,7 +61,12 @@ fn operation_kind(doc: &ExecutableDocument, name: Option<&str>) -> &'static str 
 
 #[async_trait::async_trait]
 impl Extension for ObserveOperation {
-    async fn prepare_request(&self, ctx: &ExtensionContext<'_>, request: Request, next: NextPrepareRequest<'_>) -> ServerResult<Request> {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
         *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
         let prepared = next.run(ctx, request).await;
         if prepared.is_err() {
@@ -58,7 +75,13 @@ impl Extension for ObserveOperation {
         prepared
     }
 
-    async fn parse_query(&self, ctx: &ExtensionContext<'_>, query: &str, variables: &Variables, next: NextParseQuery<'_>) -> ServerResult<ExecutableDocument> {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
         let parsed = next.run(ctx, query, variables).await;
         match &parsed {
             Ok(doc) => {
@@ -70,17 +93,28 @@ impl Extension for ObserveOperation {
         parsed
     }
 
-    async fn validation(&self, ctx: &ExtensionContext<'_>, next: NextValidation<'_>) -> Result<ValidationResult, Vec<ServerError>> {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
         let validated = next.run(ctx).await;
         match &validated {
             Err(_) => self.count("rejected"),
-            Ok(_) if *self.kind.lock().expect("lock poisoned") == "subscription" => self.count("ok"),
+            Ok(_) if *self.kind.lock().expect("lock poisoned") == "subscription" => {
+                self.count("ok")
+            }
             Ok(_) => {}
         }
         validated
     }
 
-    async fn execute(&self, ctx: &ExtensionContext<'_>, operation_name: Option<&str>, next: NextExecute<'_>) -> Response {
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
         let response = next.run(ctx, operation_name).await;
         if *self.kind.lock().expect("lock poisoned") != "subscription" {
             self.count(if response.is_ok() { "ok" } else { "error" });

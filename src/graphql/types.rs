@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ErrorExtensions, ID, Json, Object, SimpleObject, Subscription as SubscriptionRoot};
+use async_graphql::{
+    Context, ErrorExtensions, ID, Json, Object, SimpleObject, Subscription as SubscriptionRoot,
+};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
@@ -28,7 +30,10 @@ impl Query {
     /// The authenticated caller, or null when anonymous.
     async fn me(&self, ctx: &Context<'_>) -> Option<Me> {
         let identity = ctx.data_opt::<Caller>()?.identity.as_ref()?;
-        Some(Me { id: ID(identity.user_id.clone()), claims: Json(Value::Object(identity.claims.clone())) })
+        Some(Me {
+            id: ID(identity.user_id.clone()),
+            claims: Json(Value::Object(identity.claims.clone())),
+        })
     }
 }
 
@@ -61,7 +66,10 @@ impl Mutation {
     ) -> async_graphql::Result<Event> {
         let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
         let payload = payload.map(|p| p.0).unwrap_or(Value::Null);
-        let event = bus.publish(topic, kind, payload).await.map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+        let event = bus
+            .publish(topic, kind, payload)
+            .await
+            .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
         Ok(Event(event))
     }
 }
@@ -78,9 +86,15 @@ impl Subscription {
         topic: String,
         after: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = Event> + use<>> {
-        let after = after.map(|id| id.parse::<EventId>()).transpose().map_err(|e| Error::BadUserInput(e).extend())?;
+        let after = after
+            .map(|id| id.parse::<EventId>())
+            .transpose()
+            .map_err(|e| Error::BadUserInput(e).extend())?;
         let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
-        let deliveries = bus.subscribe(topic.clone(), after).await.map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+        let deliveries = bus
+            .subscribe(topic.clone(), after)
+            .await
+            .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
         Ok(deliveries.map(move |delivery| match delivery {
             Delivery::Event(event) => Event(event),
             Delivery::Gap { after } => Event(Arc::new(BusEvent {

@@ -13,9 +13,9 @@ use serde_json::json;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until};
 
+use super::operation;
 use super::outbox::Outbox;
 use super::protocol::{self, Close, code};
-use super::operation;
 use crate::audit::{Entry, Severity};
 use crate::auth::Identity;
 use crate::connlog;
@@ -49,15 +49,30 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     }
     state.metrics.connections_active.inc();
     let (sink, stream) = socket.split();
-    let (outbox, closing, writer) = Outbox::start(sink, state.config.connections.send_queue as usize);
-    let mut connection = Connection { state: state.clone(), peer, protocol, id: id.clone(), span: span.clone(), outbox, identity: None, operations: HashMap::new(), next_generation: 0 };
+    let (outbox, closing, writer) =
+        Outbox::start(sink, state.config.connections.send_queue as usize);
+    let mut connection = Connection {
+        state: state.clone(),
+        peer,
+        protocol,
+        id: id.clone(),
+        span: span.clone(),
+        outbox,
+        identity: None,
+        operations: HashMap::new(),
+        next_generation: 0,
+    };
     let close = connection.run(stream, closing).await;
     // Dropping the connection aborts its operations and releases the outbox, so the writer ends
     // once it has sent the close frame.
     drop(connection);
     let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
     state.metrics.connections_active.dec();
-    state.metrics.closes_total.with_label_values(&[&close.code.to_string()]).inc();
+    state
+        .metrics
+        .closes_total
+        .with_label_values(&[&close.code.to_string()])
+        .inc();
     tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
     if let Err(error) = connlog::closed(&state.db, &id, close.code, &close.reason).await {
         tracing::error!(parent: &span, error = ?error, "could not complete the connection log row");
@@ -80,7 +95,11 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>, mut closing: tokio::sync::watch::Receiver<Option<Close>>) -> Close {
+    async fn run(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut closing: tokio::sync::watch::Receiver<Option<Close>>,
+    ) -> Close {
         let connections = &self.state.config.connections;
         let init_deadline = sleep(self.state.config.auth.connection_init_timeout.get());
         tokio::pin!(init_deadline);
@@ -133,12 +152,17 @@ impl Connection {
                 },
             }
         }
-        closing.borrow().clone().unwrap_or_else(|| Close::new(code::INTERNAL, "Internal error"))
+        closing
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| Close::new(code::INTERNAL, "Internal error"))
     }
 
     async fn handle(&mut self, raw: &[u8], tasks: &mut JoinSet<(String, u64)>) {
         let Ok(message) = ClientMessage::from_bytes(raw) else {
-            return self.outbox.close(Close::new(code::BAD_REQUEST, "Invalid message received"));
+            return self
+                .outbox
+                .close(Close::new(code::BAD_REQUEST, "Invalid message received"));
         };
         match message {
             ClientMessage::ConnectionInit { payload } => self.init(payload).await,
@@ -152,7 +176,9 @@ impl Connection {
                     }
                 }
             }
-            ClientMessage::ConnectionTerminate => self.outbox.close(Close::new(code::NORMAL, "Terminated by client")),
+            ClientMessage::ConnectionTerminate => self
+                .outbox
+                .close(Close::new(code::NORMAL, "Terminated by client")),
             ClientMessage::Ping { payload } => {
                 self.outbox.text(protocol::pong(payload));
             }
@@ -162,9 +188,16 @@ impl Connection {
 
     async fn init(&mut self, payload: Option<serde_json::Value>) {
         if self.identity.is_some() {
-            return self.outbox.close(Close::new(code::TOO_MANY_INIT, "Too many initialisation requests"));
+            return self.outbox.close(Close::new(
+                code::TOO_MANY_INIT,
+                "Too many initialisation requests",
+            ));
         }
-        match self.state.auth.connection(payload.as_ref(), &self.peer.headers) {
+        match self
+            .state
+            .auth
+            .connection(payload.as_ref(), &self.peer.headers)
+        {
             Ok(identity) => {
                 let user_id = identity.as_ref().map(|i| i.user_id.clone());
                 if let Some(user) = &user_id {
@@ -173,15 +206,33 @@ impl Connection {
                         tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
                     }
                 }
-                self.audit("socket.authenticated", Severity::Info, user_id, json!({ "method": if identity.is_some() { "jwt" } else { "anonymous" } }));
-                self.state.metrics.connections_total.with_label_values(&["accepted"]).inc();
+                self.audit(
+                    "socket.authenticated",
+                    Severity::Info,
+                    user_id,
+                    json!({ "method": if identity.is_some() { "jwt" } else { "anonymous" } }),
+                );
+                self.state
+                    .metrics
+                    .connections_total
+                    .with_label_values(&["accepted"])
+                    .inc();
                 self.identity = Some(identity);
                 self.outbox.text(protocol::connection_ack());
             }
             Err(failure) => {
                 tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
-                self.audit("socket.auth_failed", Severity::Warn, None, json!({ "cause": failure.to_string() }));
-                self.state.metrics.connections_total.with_label_values(&["auth_failed"]).inc();
+                self.audit(
+                    "socket.auth_failed",
+                    Severity::Warn,
+                    None,
+                    json!({ "cause": failure.to_string() }),
+                );
+                self.state
+                    .metrics
+                    .connections_total
+                    .with_label_values(&["auth_failed"])
+                    .inc();
                 if self.protocol == Protocols::SubscriptionsTransportWS {
                     self.outbox.text(protocol::connection_error("Forbidden"));
                 }
@@ -190,28 +241,60 @@ impl Connection {
         }
     }
 
-    fn start(&mut self, id: String, request: async_graphql::Request, tasks: &mut JoinSet<(String, u64)>) {
+    fn start(
+        &mut self,
+        id: String,
+        request: async_graphql::Request,
+        tasks: &mut JoinSet<(String, u64)>,
+    ) {
         let Some(identity) = &self.identity else {
-            return self.outbox.close(Close::new(code::UNAUTHORIZED, "Unauthorized"));
+            return self
+                .outbox
+                .close(Close::new(code::UNAUTHORIZED, "Unauthorized"));
         };
-        if self.operations.get(&id).is_some_and(|(_, handle)| !handle.is_finished()) {
-            return self.outbox.close(Close::new(code::DUPLICATE_ID, format!("Subscriber for {id} already exists")));
+        if self
+            .operations
+            .get(&id)
+            .is_some_and(|(_, handle)| !handle.is_finished())
+        {
+            return self.outbox.close(Close::new(
+                code::DUPLICATE_ID,
+                format!("Subscriber for {id} already exists"),
+            ));
         }
         let limit = self.state.config.connections.max_operations as usize;
         if self.operations.len() >= limit {
             let mut extensions = async_graphql::ErrorExtensionValues::default();
             extensions.set("code", "MAX_OPERATIONS_LIMIT");
             extensions.set("limit", limit as u64);
-            let mut error = async_graphql::ServerError::new(format!("Too many concurrent operations on this connection (limit {limit})"), None);
+            let mut error = async_graphql::ServerError::new(
+                format!("Too many concurrent operations on this connection (limit {limit})"),
+                None,
+            );
             error.extensions = Some(extensions);
-            self.state.metrics.operations_total.with_label_values(&["unknown", "rejected"]).inc();
-            self.outbox.text(protocol::error(self.protocol, &id, &[error]));
+            self.state
+                .metrics
+                .operations_total
+                .with_label_values(&["unknown", "rejected"])
+                .inc();
+            self.outbox
+                .text(protocol::error(self.protocol, &id, &[error]));
             return;
         }
-        let caller = Caller { identity: identity.clone(), connection_id: Some(self.id.clone()) };
+        let caller = Caller {
+            identity: identity.clone(),
+            connection_id: Some(self.id.clone()),
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
-        let task = operation::run(self.state.schema.clone(), request.data(caller), self.protocol, id.clone(), generation, self.outbox.clone());
+        let task = operation::run(
+            self.state.schema.clone(),
+            request.data(caller),
+            self.protocol,
+            id.clone(),
+            generation,
+            self.outbox.clone(),
+        );
         let handle = tasks.spawn(task);
         self.operations.insert(id, (generation, handle));
     }
@@ -219,21 +302,39 @@ impl Connection {
     fn reap(&mut self, finished: Result<(String, u64), tokio::task::JoinError>) {
         match finished {
             Ok((id, generation)) => {
-                if self.operations.get(&id).is_some_and(|(g, _)| *g == generation) {
+                if self
+                    .operations
+                    .get(&id)
+                    .is_some_and(|(g, _)| *g == generation)
+                {
                     self.operations.remove(&id);
                 }
             }
             Err(error) if error.is_panic() => {
                 tracing::error!(parent: &self.span, "an operation panicked");
-                self.outbox.close(Close::new(code::INTERNAL, "Internal error"));
+                self.outbox
+                    .close(Close::new(code::INTERNAL, "Internal error"));
             }
             // Aborted by a client `complete`: its slot was already freed.
             Err(_) => {}
         }
     }
 
-    fn audit(&self, action: &'static str, severity: Severity, user_id: Option<String>, metadata: serde_json::Value) {
-        self.state.audit.record(Entry { action, severity, user_id, connection_id: Some(self.id.clone()), ip: Some(self.peer.ip.clone()), metadata });
+    fn audit(
+        &self,
+        action: &'static str,
+        severity: Severity,
+        user_id: Option<String>,
+        metadata: serde_json::Value,
+    ) {
+        self.state.audit.record(Entry {
+            action,
+            severity,
+            user_id,
+            connection_id: Some(self.id.clone()),
+            ip: Some(self.peer.ip.clone()),
+            metadata,
+        });
     }
 }
 

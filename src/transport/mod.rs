@@ -21,10 +21,22 @@ const WRITE_BUFFER_SLACK: usize = 1 << 20;
 
 /// Answers `GET <graphql_path>` with `Upgrade: websocket`: refuses unknown subprotocols before
 /// the 101, sets the size limits, and hands the socket to the connection loop.
-pub fn upgrade(state: AppState, peer: SocketAddr, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let requested = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+pub fn upgrade(
+    state: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let requested = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
     let Some(protocol) = protocol::negotiate(requested) else {
-        state.metrics.connections_total.with_label_values(&["protocol_rejected"]).inc();
+        state
+            .metrics
+            .connections_total
+            .with_label_values(&["protocol_rejected"])
+            .inc();
         return (
             StatusCode::BAD_REQUEST,
             "Unsupported WebSocket subprotocol: offer graphql-transport-ws (or legacy graphql-ws)",
@@ -34,7 +46,10 @@ pub fn upgrade(state: AppState, peer: SocketAddr, headers: HeaderMap, ws: WebSoc
     let max_message = state.config.payload.max_message_bytes.bytes();
     let peer = connection::Peer {
         ip: peer.ip().to_string(),
-        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         headers,
     };
     let tracker = state.tracker.clone();
@@ -43,5 +58,7 @@ pub fn upgrade(state: AppState, peer: SocketAddr, headers: HeaderMap, ws: WebSoc
         .max_frame_size(max_message)
         .max_write_buffer_size(max_message * 4 + WRITE_BUFFER_SLACK)
         // Tracked so that shutdown waits for every connection to close and write its log row.
-        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, state, peer, protocol)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::serve(socket, state, peer, protocol))
+        })
 }

@@ -11,7 +11,14 @@ use crate::graphql::AppSchema;
 /// Runs until the operation's results are exhausted, the outbox refuses (the connection is
 /// closing), or the connection aborts the task (client `complete`, disconnect). Returns its id and
 /// generation so the connection frees the right slot.
-pub async fn run(schema: AppSchema, request: Request, protocol: Protocols, id: String, generation: u64, outbox: Outbox) -> (String, u64) {
+pub async fn run(
+    schema: AppSchema,
+    request: Request,
+    protocol: Protocols,
+    id: String,
+    generation: u64,
+    outbox: Outbox,
+) -> (String, u64) {
     let mut responses = schema.execute_stream(request);
     let mut first = true;
     while let Some(response) = responses.next().await {

@@ -26,7 +26,14 @@ impl Outbox {
     /// Starts the writer task for `sink`; returns the outbox, a receiver that sees the close
     /// decision, and the writer's handle (it ends after sending the close frame or when the socket
     /// fails).
-    pub fn start(sink: SplitSink<WebSocket, Message>, capacity: usize) -> (Self, watch::Receiver<Option<Close>>, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        sink: SplitSink<WebSocket, Message>,
+        capacity: usize,
+    ) -> (
+        Self,
+        watch::Receiver<Option<Close>>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (queue, rx) = mpsc::channel(capacity);
         let (close, close_rx) = watch::channel(None);
         let writer = tokio::spawn(write_loop(sink, rx, close.subscribe()));
@@ -43,7 +50,10 @@ impl Outbox {
         match self.queue.try_send(message) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(Close::new(code::SLOW_CONSUMER, "Slow consumer: send queue full"));
+                self.close(Close::new(
+                    code::SLOW_CONSUMER,
+                    "Slow consumer: send queue full",
+                ));
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -63,7 +73,11 @@ impl Outbox {
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Message>, mut close: watch::Receiver<Option<Close>>) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Message>,
+    mut close: watch::Receiver<Option<Close>>,
+) {
     loop {
         // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
         // reading must not delay the close beyond CLOSE_FLUSH.
@@ -80,7 +94,9 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Re
             }
         }
     }
-    let Some(decided) = close.borrow().clone() else { return };
+    let Some(decided) = close.borrow().clone() else {
+        return;
+    };
     let finish = async {
         // What was queued before the decision (an `error`, a final notice) still goes out first,
         // except to a slow consumer, whose backlog is the problem.
@@ -91,7 +107,10 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Re
                 }
             }
         }
-        let frame = CloseFrame { code: decided.code, reason: decided.reason.into() };
+        let frame = CloseFrame {
+            code: decided.code,
+            reason: decided.reason.into(),
+        };
         let _ = sink.send(Message::Close(Some(frame))).await;
     };
     let _ = tokio::time::timeout(CLOSE_FLUSH, finish).await;

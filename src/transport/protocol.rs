@@ -17,7 +17,10 @@ pub struct Close {
 
 impl Close {
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+        Self {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -59,7 +62,9 @@ pub fn negotiate<'a>(requested: impl Iterator<Item = &'a str>) -> Option<Protoco
         .flat_map(|header| header.split(','))
         .filter_map(|p| p.trim().parse().ok())
         .collect();
-    [Protocols::GraphQLWS, Protocols::SubscriptionsTransportWS].into_iter().find(|p| offered.contains(p))
+    [Protocols::GraphQLWS, Protocols::SubscriptionsTransportWS]
+        .into_iter()
+        .find(|p| offered.contains(p))
 }
 
 pub fn connection_ack() -> String {
@@ -111,8 +116,14 @@ mod tests {
 
     #[test]
     fn the_modern_protocol_wins_when_a_client_offers_both() {
-        assert_eq!(negotiate(["graphql-ws, graphql-transport-ws"].into_iter()), Some(Protocols::GraphQLWS));
-        assert_eq!(negotiate(["graphql-ws"].into_iter()), Some(Protocols::SubscriptionsTransportWS));
+        assert_eq!(
+            negotiate(["graphql-ws, graphql-transport-ws"].into_iter()),
+            Some(Protocols::GraphQLWS)
+        );
+        assert_eq!(
+            negotiate(["graphql-ws"].into_iter()),
+            Some(Protocols::SubscriptionsTransportWS)
+        );
         assert_eq!(negotiate(["chat"].into_iter()), None);
         assert_eq!(negotiate(std::iter::empty()), None);
     }

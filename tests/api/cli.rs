@@ -7,7 +7,11 @@ fn palisade(args: &[&str]) -> (bool, String, String) {
         .env("PALISADE_JWT_SECRET", "cli-test-secret")
         .output()
         .expect("the binary runs");
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
 }
 
 fn check(yaml: &str) -> (bool, String, String) {
@@ -19,7 +23,10 @@ fn check(yaml: &str) -> (bool, String, String) {
 
 #[test]
 fn check_config_accepts_the_shipped_hardening_yaml_with_a_one_line_summary() {
-    let (ok, stdout, stderr) = palisade(&["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/hardening.yaml")]);
+    let (ok, stdout, stderr) = palisade(&[
+        "check-config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/hardening.yaml"),
+    ]);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.lines().count(), 1);
     assert!(stdout.contains(": ok: listen 0.0.0.0:8080"), "{stdout}");
@@ -29,24 +36,48 @@ fn check_config_accepts_the_shipped_hardening_yaml_with_a_one_line_summary() {
 fn check_config_names_the_key_path_line_and_column_of_each_problem() {
     let cases = [
         // unknown key
-        ("server:\n  listen: 0.0.0.0:8080\n  lisen: x\n", ":3:3: server: unknown field `lisen`"),
+        (
+            "server:\n  listen: 0.0.0.0:8080\n  lisen: x\n",
+            ":3:3: server: unknown field `lisen`",
+        ),
         // wrong type
-        ("connections:\n  max_per_user: many\n", ":2:17: connections.max_per_user: invalid type"),
+        (
+            "connections:\n  max_per_user: many\n",
+            ":2:17: connections.max_per_user: invalid type",
+        ),
         // bad duration
-        ("auth:\n  connection_init_timeout: 10 parsecs\n", "auth.connection_init_timeout: invalid duration"),
+        (
+            "auth:\n  connection_init_timeout: 10 parsecs\n",
+            "auth.connection_init_timeout: invalid duration",
+        ),
         // range rule
-        ("operations:\n  rate_limit:\n    warn_at: 1.5\n", ":3:14: operations.rate_limit.warn_at: must be greater than 0.0 and less than 1.0 (got 1.5)"),
+        (
+            "operations:\n  rate_limit:\n    warn_at: 1.5\n",
+            ":3:14: operations.rate_limit.warn_at: must be greater than 0.0 and less than 1.0 (got 1.5)",
+        ),
         // cross-field rule
-        ("payload:\n  max_message_bytes: 8KiB\n  max_query_bytes: 16KiB\n", ":3:20: payload.max_query_bytes: 16KiB cannot exceed payload.max_message_bytes (8KiB)"),
+        (
+            "payload:\n  max_message_bytes: 8KiB\n  max_query_bytes: 16KiB\n",
+            ":3:20: payload.max_query_bytes: 16KiB cannot exceed payload.max_message_bytes (8KiB)",
+        ),
         // custom rule inside a list
-        ("topics:\n  rules:\n    - pattern: 'ok:{x}'\n    - pattern: 'bad:{'\n", ":4:16: topics.rules[1].pattern: segment `{`"),
+        (
+            "topics:\n  rules:\n    - pattern: 'ok:{x}'\n    - pattern: 'bad:{'\n",
+            ":4:16: topics.rules[1].pattern: segment `{`",
+        ),
         // never `none`
-        ("auth:\n  jwt:\n    algorithms: [none]\n", ":3:17: auth.jwt.algorithms: `none` is never accepted"),
+        (
+            "auth:\n  jwt:\n    algorithms: [none]\n",
+            ":3:17: auth.jwt.algorithms: `none` is never accepted",
+        ),
     ];
     for (yaml, expected) in cases {
         let (ok, _, stderr) = check(yaml);
         assert!(!ok, "accepted:\n{yaml}");
-        assert!(stderr.contains(expected), "for\n{yaml}\nexpected `{expected}` in `{stderr}`");
+        assert!(
+            stderr.contains(expected),
+            "for\n{yaml}\nexpected `{expected}` in `{stderr}`"
+        );
     }
 }
 
@@ -54,7 +85,10 @@ fn check_config_names_the_key_path_line_and_column_of_each_problem() {
 fn check_config_reports_every_problem_not_just_the_first() {
     let (ok, _, stderr) = check("connections:\n  max_per_user: 0\n  send_queue: 0\n");
     assert!(!ok);
-    assert!(stderr.contains("connections.max_per_user") && stderr.contains("connections.send_queue"), "{stderr}");
+    assert!(
+        stderr.contains("connections.max_per_user") && stderr.contains("connections.send_queue"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -62,17 +96,42 @@ fn config_schema_prints_a_json_schema_with_every_section_and_its_defaults() {
     let (ok, stdout, _) = palisade(&["config-schema"]);
     assert!(ok);
     let schema: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    for section in ["server", "auth", "connections", "operations", "payload", "topics", "streams", "retention"] {
+    for section in [
+        "server",
+        "auth",
+        "connections",
+        "operations",
+        "payload",
+        "topics",
+        "streams",
+        "retention",
+    ] {
         assert!(schema["properties"][section].is_object(), "{section}");
     }
-    assert_eq!(schema["properties"]["payload"]["default"]["max_message_bytes"], "64KiB");
+    assert_eq!(
+        schema["properties"]["payload"]["default"]["max_message_bytes"],
+        "64KiB"
+    );
 }
 
 #[test]
 fn token_mints_a_jwt_with_the_given_subject_claims_and_ttl() {
-    let (ok, stdout, stderr) = palisade(&["token", "--sub", "alice", "--claim", "roles=[\"service\"]", "--claim", "team=core", "--ttl", "2h"]);
+    let (ok, stdout, stderr) = palisade(&[
+        "token",
+        "--sub",
+        "alice",
+        "--claim",
+        "roles=[\"service\"]",
+        "--claim",
+        "team=core",
+        "--ttl",
+        "2h",
+    ]);
     assert!(ok, "{stderr}");
-    let secret = palisade::auth::secret::HmacSecret { bytes: b"cli-test-secret".to_vec(), development: false };
+    let secret = palisade::auth::secret::HmacSecret {
+        bytes: b"cli-test-secret".to_vec(),
+        development: false,
+    };
     let verifier = palisade::auth::Verifier::new(&Default::default(), &secret).unwrap();
     let claims = verifier.verify(stdout.trim()).unwrap();
     assert_eq!(claims["sub"], "alice");

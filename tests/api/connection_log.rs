@@ -8,16 +8,43 @@ use crate::helpers::{closed_connection_rows, spawn_app};
 async fn every_connection_writes_a_log_row_with_who_how_and_how_it_ended() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    let frame = CloseFrame { code: 1000.into(), reason: "bye".into() };
-    client.stream.send(Message::Close(Some(frame))).await.unwrap();
+    let frame = CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    };
+    client
+        .stream
+        .send(Message::Close(Some(frame)))
+        .await
+        .unwrap();
     let mut refused = app.ws("graphql-ws").await;
-    refused.send(serde_json::json!({ "type": "connection_init" })).await;
+    refused
+        .send(serde_json::json!({ "type": "connection_init" }))
+        .await;
     refused.closed().await;
 
     let rows = closed_connection_rows(&app.state.db).await;
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0], (Some("alice".into()), "graphql-transport-ws".into(), "127.0.0.1".into(), Some(1000), Some("Closed by client: bye".into())));
-    assert_eq!(rows[1], (None, "graphql-ws".into(), "127.0.0.1".into(), Some(4403), Some("Forbidden".into())));
+    assert_eq!(
+        rows[0],
+        (
+            Some("alice".into()),
+            "graphql-transport-ws".into(),
+            "127.0.0.1".into(),
+            Some(1000),
+            Some("Closed by client: bye".into())
+        )
+    );
+    assert_eq!(
+        rows[1],
+        (
+            None,
+            "graphql-ws".into(),
+            "127.0.0.1".into(),
+            Some(4403),
+            Some("Forbidden".into())
+        )
+    );
 }
 
 #[tokio::test]
@@ -28,11 +55,20 @@ async fn authentication_outcomes_are_audited_without_the_token() {
     refused.send(serde_json::json!({ "type": "connection_init", "payload": { "token": "secret-looking-token" } })).await;
     refused.closed().await;
     app.state.audit.flush().await;
-    let rows: Vec<(String, String, Option<String>, String)> = palisade::on_pool!(&app.state.db, |pool| {
-        sqlx::query_as("SELECT action, severity, user_id, CAST(metadata AS TEXT) FROM audit_log ORDER BY id").fetch_all(pool).await.unwrap()
-    });
+    let rows: Vec<(String, String, Option<String>, String)> = palisade::on_pool!(
+        &app.state.db,
+        |pool| {
+            sqlx::query_as("SELECT action, severity, user_id, CAST(metadata AS TEXT) FROM audit_log ORDER BY id").fetch_all(pool).await.unwrap()
+        }
+    );
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_deref()), ("socket.authenticated", "INFO", Some("alice")));
-    assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("socket.auth_failed", "WARN"));
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_deref()),
+        ("socket.authenticated", "INFO", Some("alice"))
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str()),
+        ("socket.auth_failed", "WARN")
+    );
     assert!(!rows[1].3.contains("secret-looking-token"));
 }

@@ -16,37 +16,70 @@ async fn a_subscriber_gets_acked_receives_published_events_and_can_complete() {
     client.send(json!({ "type": "ping" })).await;
     assert_eq!(client.recv().await["type"], "pong");
 
-    let published = app.post("svc", PUBLISH, json!({ "topic": "demo", "payload": { "n": 1 } })).await;
+    let published = app
+        .post(
+            "svc",
+            PUBLISH,
+            json!({ "topic": "demo", "payload": { "n": 1 } }),
+        )
+        .await;
     let next = client.recv().await;
     assert_eq!(next["type"], "next");
     assert_eq!(next["id"], "1");
-    assert_eq!(next["payload"]["data"]["events"]["payload"], json!({ "n": 1 }));
-    assert_eq!(next["payload"]["data"]["events"]["id"], published["data"]["publish"]["id"]);
+    assert_eq!(
+        next["payload"]["data"]["events"]["payload"],
+        json!({ "n": 1 })
+    );
+    assert_eq!(
+        next["payload"]["data"]["events"]["id"],
+        published["data"]["publish"]["id"]
+    );
 
     client.send(json!({ "id": "1", "type": "complete" })).await;
-    app.post("svc", PUBLISH, json!({ "topic": "demo", "payload": { "n": 2 } })).await;
+    app.post(
+        "svc",
+        PUBLISH,
+        json!({ "topic": "demo", "payload": { "n": 2 } }),
+    )
+    .await;
     client.send(json!({ "type": "ping" })).await;
-    assert_eq!(client.recv().await["type"], "pong", "no event arrives after complete");
+    assert_eq!(
+        client.recv().await["type"],
+        "pong",
+        "no event arrives after complete"
+    );
 }
 
 #[tokio::test]
 async fn a_query_over_the_socket_yields_next_then_complete() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    client.send(json!({ "id": "q", "type": "subscribe", "payload": { "query": "{ me { id } }" } })).await;
+    client
+        .send(json!({ "id": "q", "type": "subscribe", "payload": { "query": "{ me { id } }" } }))
+        .await;
     let next = client.recv().await;
     assert_eq!(next["payload"]["data"]["me"]["id"], "alice");
-    assert_eq!(client.recv().await, json!({ "id": "q", "type": "complete" }));
+    assert_eq!(
+        client.recv().await,
+        json!({ "id": "q", "type": "complete" })
+    );
 }
 
 #[tokio::test]
 async fn an_invalid_operation_gets_an_error_message_and_the_connection_stays_open() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    client.send(json!({ "id": "bad", "type": "subscribe", "payload": { "query": "{ nope }" } })).await;
+    client
+        .send(json!({ "id": "bad", "type": "subscribe", "payload": { "query": "{ nope }" } }))
+        .await;
     let error = client.recv().await;
     assert_eq!(error["type"], "error");
-    assert!(error["payload"][0]["message"].as_str().unwrap().contains("nope"));
+    assert!(
+        error["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
     client.send(json!({ "type": "ping" })).await;
     assert_eq!(client.recv().await["type"], "pong");
 }
@@ -54,15 +87,21 @@ async fn an_invalid_operation_gets_an_error_message_and_the_connection_stays_ope
 #[tokio::test]
 async fn resuming_with_after_replays_missed_events_in_order() {
     let app = spawn_app().await;
-    let first = app.post("svc", PUBLISH, json!({ "topic": "t", "payload": 1 })).await;
+    let first = app
+        .post("svc", PUBLISH, json!({ "topic": "t", "payload": 1 }))
+        .await;
     for n in 2..=3 {
-        app.post("svc", PUBLISH, json!({ "topic": "t", "payload": n })).await;
+        app.post("svc", PUBLISH, json!({ "topic": "t", "payload": n }))
+            .await;
     }
     let mut client = app.ws_acked("alice").await;
     let after = first["data"]["publish"]["id"].clone();
     client.send(json!({ "id": "r", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "t", "after": after } } })).await;
     for n in 2..=3 {
-        assert_eq!(client.recv().await["payload"]["data"]["events"]["payload"], n);
+        assert_eq!(
+            client.recv().await["payload"]["data"]["events"]["payload"],
+            n
+        );
     }
 }
 
@@ -70,7 +109,9 @@ async fn resuming_with_after_replays_missed_events_in_order() {
 async fn a_malformed_message_closes_with_4400() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    client.send_raw(tokio_tungstenite::tungstenite::Message::text("{not json")).await;
+    client
+        .send_raw(tokio_tungstenite::tungstenite::Message::text("{not json"))
+        .await;
     assert_eq!(client.closed().await.0, 4400);
 }
 
@@ -78,16 +119,24 @@ async fn a_malformed_message_closes_with_4400() {
 async fn subscribing_before_the_ack_closes_with_4401() {
     let app = spawn_app().await;
     let mut client = app.ws("graphql-transport-ws").await;
-    client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } })).await;
+    client
+        .send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } }))
+        .await;
     assert_eq!(client.closed().await, (4401, "Unauthorized".into()));
 }
 
 #[tokio::test]
 async fn bad_or_missing_credentials_close_with_4403_and_the_same_reason() {
     let app = spawn_app().await;
-    for payload in [json!({}), json!({ "authorization": "Bearer not-a-jwt" }), json!({ "token": "x.y.z" })] {
+    for payload in [
+        json!({}),
+        json!({ "authorization": "Bearer not-a-jwt" }),
+        json!({ "token": "x.y.z" }),
+    ] {
         let mut client = app.ws("graphql-transport-ws").await;
-        client.send(json!({ "type": "connection_init", "payload": payload })).await;
+        client
+            .send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
         assert_eq!(client.closed().await, (4403, "Forbidden".into()));
     }
 }
@@ -98,15 +147,23 @@ async fn anonymous_connections_are_accepted_when_auth_is_not_required() {
     let mut client = app.ws("graphql-transport-ws").await;
     client.send(json!({ "type": "connection_init" })).await;
     assert_eq!(client.recv().await["type"], "connection_ack");
-    client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } })).await;
+    client
+        .send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } }))
+        .await;
     assert_eq!(client.recv().await["payload"]["data"]["me"], json!(null));
 }
 
 #[tokio::test]
 async fn a_client_that_never_initialises_is_closed_with_4408() {
-    let app = crate::helpers::spawn_app_with(|c| c.auth.connection_init_timeout = "200ms".parse().unwrap()).await;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.auth.connection_init_timeout = "200ms".parse().unwrap()
+    })
+    .await;
     let mut client = app.ws("graphql-transport-ws").await;
-    assert_eq!(client.closed().await, (4408, "Connection initialisation timeout".into()));
+    assert_eq!(
+        client.closed().await,
+        (4408, "Connection initialisation timeout".into())
+    );
 }
 
 #[tokio::test]
@@ -116,7 +173,10 @@ async fn reusing_a_running_operation_id_closes_with_4409() {
     let subscribe = json!({ "id": "dup", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "t" } } });
     client.send(subscribe.clone()).await;
     client.send(subscribe).await;
-    assert_eq!(client.closed().await, (4409, "Subscriber for dup already exists".into()));
+    assert_eq!(
+        client.closed().await,
+        (4409, "Subscriber for dup already exists".into())
+    );
 }
 
 #[tokio::test]
@@ -140,10 +200,14 @@ async fn a_second_connection_init_closes_with_4429() {
 
 #[tokio::test]
 async fn a_message_over_max_message_bytes_closes_with_1009() {
-    let app = crate::helpers::spawn_app_with(|c| c.payload.max_message_bytes = "4KiB".parse().unwrap()).await;
+    let app =
+        crate::helpers::spawn_app_with(|c| c.payload.max_message_bytes = "4KiB".parse().unwrap())
+            .await;
     let mut client = app.ws_acked("alice").await;
     let query = format!("{{ me {{ id }} }} # {}", "x".repeat(5000));
-    client.send(json!({ "id": "big", "type": "subscribe", "payload": { "query": query } })).await;
+    client
+        .send(json!({ "id": "big", "type": "subscribe", "payload": { "query": query } }))
+        .await;
     assert_eq!(client.closed().await.0, 1009);
 }
 
@@ -151,8 +215,13 @@ async fn a_message_over_max_message_bytes_closes_with_1009() {
 async fn a_client_ping_gets_a_pong_with_its_payload() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    client.send(json!({ "type": "ping", "payload": { "t": 1 } })).await;
-    assert_eq!(client.recv().await, json!({ "type": "pong", "payload": { "t": 1 } }));
+    client
+        .send(json!({ "type": "ping", "payload": { "t": 1 } }))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({ "type": "pong", "payload": { "t": 1 } })
+    );
 }
 
 #[tokio::test]
@@ -176,13 +245,22 @@ async fn the_server_pings_and_closes_a_client_that_does_not_answer() {
 async fn an_upgrade_without_a_graphql_subprotocol_is_refused_before_the_handshake() {
     let app = spawn_app().await;
     for protocol in [None, Some("chat")] {
-        let mut request = format!("ws://{}/graphql", app.addr).into_client_request().unwrap();
+        let mut request = format!("ws://{}/graphql", app.addr)
+            .into_client_request()
+            .unwrap();
         if let Some(p) = protocol {
-            request.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", p.parse().unwrap());
         }
         match tokio_tungstenite::connect_async(request).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
-            other => panic!("expected HTTP 400, got {:?}", other.map(|(_, r)| r.status())),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 400)
+            }
+            other => panic!(
+                "expected HTTP 400, got {:?}",
+                other.map(|(_, r)| r.status())
+            ),
         }
     }
 }

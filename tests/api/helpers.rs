@@ -45,15 +45,33 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Spawns on a database made by the test (a fresh PostgreSQL database from `#[sqlx::test]`).
 pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    spawn(DatabaseSource::Ready(db), tweak, tempfile::tempdir().expect("temp dir")).await
+    spawn(
+        DatabaseSource::Ready(db),
+        tweak,
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await
 }
 
-async fn spawn(database: DatabaseSource, tweak: impl FnOnce(&mut Config), dir: tempfile::TempDir) -> TestApp {
+async fn spawn(
+    database: DatabaseSource,
+    tweak: impl FnOnce(&mut Config),
+    dir: tempfile::TempDir,
+) -> TestApp {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     tweak(&mut config);
-    let secret = HmacSecret { bytes: b"integration-test-secret".to_vec(), development: false };
-    let settings = Settings { config, config_path: None, database, redis_url: None, jwt_secret: secret.clone() };
+    let secret = HmacSecret {
+        bytes: b"integration-test-secret".to_vec(),
+        development: false,
+    };
+    let settings = Settings {
+        config,
+        config_path: None,
+        database,
+        redis_url: None,
+        jwt_secret: secret.clone(),
+    };
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.local_addr();
     let state = app.state().clone();
@@ -61,7 +79,15 @@ async fn spawn(database: DatabaseSource, tweak: impl FnOnce(&mut Config), dir: t
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    TestApp { addr, database_url: None, state, stop: Some(stop), server, secret, _dir: dir }
+    TestApp {
+        addr,
+        database_url: None,
+        state,
+        stop: Some(stop),
+        server,
+        secret,
+        _dir: dir,
+    }
 }
 
 impl TestApp {
@@ -74,14 +100,27 @@ impl TestApp {
     }
 
     pub fn token_with(&self, sub: &str, claims: Map<String, Value>) -> String {
-        jwt::mint(&self.secret, &self.state.config.auth.jwt, sub, claims, Duration::from_secs(600)).unwrap()
+        jwt::mint(
+            &self.secret,
+            &self.state.config.auth.jwt,
+            sub,
+            claims,
+            Duration::from_secs(600),
+        )
+        .unwrap()
     }
 
     /// Opens a WebSocket offering `protocol`, without sending anything.
     pub async fn ws(&self, protocol: &str) -> WsClient {
-        let mut request = format!("ws://{}/graphql", self.addr).into_client_request().unwrap();
-        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
-        let (stream, response) = tokio_tungstenite::connect_async(request).await.expect("the upgrade succeeds");
+        let mut request = format!("ws://{}/graphql", self.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().unwrap());
+        let (stream, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the upgrade succeeds");
         assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
         WsClient { stream }
     }
@@ -117,7 +156,10 @@ impl TestApp {
 
     /// Waits for the server to finish shutting down and returns its result.
     pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        tokio::time::timeout(Duration::from_secs(30), &mut self.server).await.expect("shutdown finishes").expect("the server task does not panic")
+        tokio::time::timeout(Duration::from_secs(30), &mut self.server)
+            .await
+            .expect("shutdown finishes")
+            .expect("the server task does not panic")
     }
 }
 
@@ -127,7 +169,10 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn send(&mut self, message: Value) {
-        self.stream.send(Message::text(message.to_string())).await.unwrap();
+        self.stream
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, message: Message) {
@@ -149,7 +194,9 @@ impl WsClient {
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
             match self.next_frame().await {
-                Message::Close(Some(frame)) => return (frame.code.into(), frame.reason.to_string()),
+                Message::Close(Some(frame)) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
                 Message::Close(None) => return (1005, String::new()),
                 _ => continue,
             }
@@ -165,11 +212,14 @@ impl WsClient {
     }
 }
 
-/// The connection log as (user_id, subprotocol, ip, close_code, reason), oldest first, once every
-/// row is closed out (connections end asynchronously after the client's close).
-pub async fn closed_connection_rows(db: &Database) -> Vec<(Option<String>, String, String, Option<i32>, Option<String>)> {
+/// A connection-log row: (user_id, subprotocol, ip, close_code, reason).
+pub type ConnectionRow = (Option<String>, String, String, Option<i32>, Option<String>);
+
+/// The connection log, oldest first, once every row is closed out (connections end asynchronously
+/// after the client's close).
+pub async fn closed_connection_rows(db: &Database) -> Vec<ConnectionRow> {
     for _ in 0..100 {
-        let rows: Vec<(Option<String>, String, String, Option<i32>, Option<String>)> = palisade::on_pool!(db, |pool| {
+        let rows: Vec<ConnectionRow> = palisade::on_pool!(db, |pool| {
             sqlx::query_as("SELECT user_id, subprotocol, ip, close_code, reason FROM connection_log ORDER BY connected_at")
                 .fetch_all(pool)
                 .await

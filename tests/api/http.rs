@@ -5,9 +5,21 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn a_query_over_http_post_answers_with_server_info() {
     let app = spawn_app().await;
-    let body = app.post("alice", "{ serverInfo { version instanceId uptimeSeconds } me { id } }", json!({})).await;
-    assert_eq!(body["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(body["data"]["serverInfo"]["instanceId"], app.state.instance.id);
+    let body = app
+        .post(
+            "alice",
+            "{ serverInfo { version instanceId uptimeSeconds } me { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["serverInfo"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        body["data"]["serverInfo"]["instanceId"],
+        app.state.instance.id
+    );
     assert_eq!(body["data"]["me"]["id"], "alice");
 }
 
@@ -30,7 +42,9 @@ async fn a_query_over_http_get_works_too() {
 async fn http_without_valid_credentials_is_refused_with_401_and_a_code() {
     let app = spawn_app().await;
     for token in [None, Some("garbage")] {
-        let mut request = reqwest::Client::new().post(app.url("/graphql")).json(&json!({ "query": "{ me { id } }" }));
+        let mut request = reqwest::Client::new()
+            .post(app.url("/graphql"))
+            .json(&json!({ "query": "{ me { id } }" }));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -45,16 +59,37 @@ async fn http_without_valid_credentials_is_refused_with_401_and_a_code() {
 async fn a_browser_gets_graphiql_with_its_assets_served_locally() {
     let app = spawn_app().await;
     let client = reqwest::Client::new();
-    let page = client.get(app.url("/graphql")).header("accept", "text/html").send().await.unwrap();
+    let page = client
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("/graphiql/graphiql.min.js"));
     assert!(!html.contains("__GRAPHQL_PATH__"));
-    assert!(!html.contains("unpkg.com") && !html.contains("cdn.jsdelivr"), "no CDN");
-    for asset in ["graphiql.min.js", "graphiql.min.css", "react.min.js", "react-dom.min.js", "graphql-ws.min.js"] {
-        let response = client.get(app.url(&format!("/graphiql/{asset}"))).send().await.unwrap();
+    assert!(
+        !html.contains("unpkg.com") && !html.contains("cdn.jsdelivr"),
+        "no CDN"
+    );
+    for asset in [
+        "graphiql.min.js",
+        "graphiql.min.css",
+        "react.min.js",
+        "react-dom.min.js",
+        "graphql-ws.min.js",
+    ] {
+        let response = client
+            .get(app.url(&format!("/graphiql/{asset}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{asset}");
-        assert!(response.bytes().await.unwrap().len() > 1000, "{asset} has content");
+        assert!(
+            response.bytes().await.unwrap().len() > 1000,
+            "{asset} has content"
+        );
     }
 }
 
@@ -71,29 +106,53 @@ async fn readyz_reports_the_database_as_ready() {
     let response = reqwest::get(app.url("/readyz")).await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["checks"]["database"], json!({ "ok": true, "backend": "sqlite" }));
+    assert_eq!(
+        body["checks"]["database"],
+        json!({ "ok": true, "backend": "sqlite" })
+    );
 }
 
 #[tokio::test]
 async fn metrics_count_connections_and_operations() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } })).await;
+    client
+        .send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } }))
+        .await;
     client.recv().await;
-    app.post("alice", "mutation { publish(topic: \"t\", type: \"x\") { id } }", json!({})).await;
-    let text = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
+    app.post(
+        "alice",
+        "mutation { publish(topic: \"t\", type: \"x\") { id } }",
+        json!({}),
+    )
+    .await;
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         "palisade_connections_active 1",
         "palisade_connections_total{outcome=\"accepted\"} 1",
         "palisade_operations_total{outcome=\"ok\",type=\"query\"} 1",
         "palisade_operations_total{outcome=\"ok\",type=\"mutation\"} 1",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
     }
 }
 
 #[tokio::test]
 async fn admin_endpoints_move_to_admin_listen_when_it_is_set() {
-    let app = crate::helpers::spawn_app_with(|c| c.server.admin_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    assert_eq!(reqwest::get(app.url("/metrics")).await.unwrap().status(), 404);
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.server.admin_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    assert_eq!(
+        reqwest::get(app.url("/metrics")).await.unwrap().status(),
+        404
+    );
 }

@@ -15,8 +15,14 @@ async fn shutdown_closes_websockets_with_1001_writes_their_rows_and_stops_listen
     assert_eq!(second.closed().await.0, 1001);
     app.stopped().await.expect("a clean shutdown returns Ok");
 
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
     let db = Database::connect(&url).await.unwrap();
     let rows = closed_connection_rows(&db).await;
-    assert_eq!(rows.iter().map(|r| r.3).collect::<Vec<_>>(), [Some(1001), Some(1001)]);
+    assert_eq!(
+        rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+        [Some(1001), Some(1001)]
+    );
 }

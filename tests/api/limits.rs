@@ -14,12 +14,21 @@ async fn operations_past_max_operations_get_an_error_and_complete_frees_a_slot()
     let refused = client.recv().await;
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["id"], "c");
-    assert_eq!(refused["payload"][0]["extensions"]["code"], "MAX_OPERATIONS_LIMIT");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"],
+        "MAX_OPERATIONS_LIMIT"
+    );
     assert_eq!(refused["payload"][0]["extensions"]["limit"], 2);
 
     client.send(json!({ "id": "a", "type": "complete" })).await;
-    client.send(json!({ "id": "c", "type": "subscribe", "payload": { "query": "{ me { id } }" } })).await;
-    assert_eq!(client.recv().await["type"], "next", "the freed slot is usable");
+    client
+        .send(json!({ "id": "c", "type": "subscribe", "payload": { "query": "{ me { id } }" } }))
+        .await;
+    assert_eq!(
+        client.recv().await["type"],
+        "next",
+        "the freed slot is usable"
+    );
 }
 
 #[tokio::test]
@@ -36,7 +45,12 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_without_slowin
     // The slow client reads nothing while far more than its queue and socket buffers can hold is
     // published; the fast one keeps up.
     for n in 0..400 {
-        app.post("svc", "mutation($p: JSON) { publish(topic: \"flood\", type: \"t\", payload: $p) { id } }", json!({ "p": { "n": n, "pad": big } })).await;
+        app.post(
+            "svc",
+            "mutation($p: JSON) { publish(topic: \"flood\", type: \"t\", payload: $p) { id } }",
+            json!({ "p": { "n": n, "pad": big } }),
+        )
+        .await;
         let event = fast.recv().await;
         assert_eq!(event["payload"]["data"]["events"]["payload"]["n"], n);
     }

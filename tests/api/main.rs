@@ -6,7 +6,7 @@ mod graphql_ws;
 mod helpers;
 mod http;
 mod legacy_protocol;
-mod limits;
 mod lifecycle;
+mod limits;
 mod postgres;
 mod schema;

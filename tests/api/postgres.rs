@@ -16,13 +16,23 @@ use crate::helpers::{closed_connection_rows, spawn_app_on};
 async fn on_postgres_connections_are_logged_and_readiness_is_green(pool: PgPool) {
     let db = Database::from_pg_pool(pool).await.unwrap();
     // Migrations are idempotent: applying them again changes nothing.
-    let db = Database::from_pg_pool(match &db { Database::Postgres(p) => p.clone(), _ => unreachable!() }).await.unwrap();
+    let db = Database::from_pg_pool(match &db {
+        Database::Postgres(p) => p.clone(),
+        _ => unreachable!(),
+    })
+    .await
+    .unwrap();
     let app = spawn_app_on(db, |_| {}).await;
     let client = app.ws_acked("pg-user").await;
     drop(client);
     let rows = closed_connection_rows(&app.state.db).await;
     assert_eq!(rows[0].0.as_deref(), Some("pg-user"));
-    let body: Value = reqwest::get(app.url("/readyz")).await.unwrap().json().await.unwrap();
+    let body: Value = reqwest::get(app.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["checks"]["database"]["backend"], "postgres");
     assert_eq!(body["status"], "ready");
 }
@@ -30,10 +40,20 @@ async fn on_postgres_connections_are_logged_and_readiness_is_green(pool: PgPool)
 #[sqlx::test(migrations = false)]
 async fn readiness_fails_with_503_naming_the_database_when_it_becomes_unreachable(pool: PgPool) {
     let proxy = Proxy::start().await;
-    let options = (*pool.connect_options()).clone().host("127.0.0.1").port(proxy.port);
-    let through_proxy = PgPoolOptions::new().acquire_timeout(Duration::from_secs(2)).connect_with(options).await.unwrap();
+    let options = (*pool.connect_options())
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.port);
+    let through_proxy = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options)
+        .await
+        .unwrap();
     let app = spawn_app_on(Database::from_pg_pool(through_proxy).await.unwrap(), |_| {}).await;
-    assert_eq!(reqwest::get(app.url("/readyz")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(app.url("/readyz")).await.unwrap().status(),
+        200
+    );
 
     proxy.cut();
     let response = reqwest::get(app.url("/readyz")).await.unwrap();
@@ -42,7 +62,11 @@ async fn readiness_fails_with_503_naming_the_database_when_it_becomes_unreachabl
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["checks"]["database"]["ok"], false);
     assert!(body["checks"]["database"]["error"].as_str().unwrap().len() > 10);
-    assert_eq!(reqwest::get(app.url("/healthz")).await.unwrap().status(), 200, "liveness is unaffected");
+    assert_eq!(
+        reqwest::get(app.url("/healthz")).await.unwrap().status(),
+        200,
+        "liveness is unaffected"
+    );
 }
 
 /// A TCP proxy in front of PostgreSQL that the test can cut, like a network failure.

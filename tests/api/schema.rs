@@ -16,7 +16,10 @@ fn schema_graphql_matches_the_schema_in_the_code() {
 fn the_readme_reference_matches_the_config_docs() {
     use palisade::config::docs::{BEGIN_MARKER, END_MARKER, markdown};
     let readme = read("README.md");
-    let start = readme.find(BEGIN_MARKER).expect("README has the begin marker") + BEGIN_MARKER.len();
+    let start = readme
+        .find(BEGIN_MARKER)
+        .expect("README has the begin marker")
+        + BEGIN_MARKER.len();
     let end = readme.find(END_MARKER).expect("README has the end marker");
     assert!(
         readme[start..end].trim() == markdown().trim(),
@@ -26,7 +29,14 @@ fn the_readme_reference_matches_the_config_docs() {
 
 #[test]
 fn the_shipped_hardening_yaml_states_the_defaults() {
-    let shipped = palisade::config::Config::load(std::path::Path::new(&format!("{}/hardening.yaml", env!("CARGO_MANIFEST_DIR")))).unwrap();
+    let shipped = palisade::config::Config::load(std::path::Path::new(&format!(
+        "{}/hardening.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    )))
+    .unwrap();
     let defaults = palisade::config::Config::default();
-    assert_eq!(serde_json::to_value(&shipped).unwrap(), serde_json::to_value(&defaults).unwrap());
+    assert_eq!(
+        serde_json::to_value(&shipped).unwrap(),
+        serde_json::to_value(&defaults).unwrap()
+    );
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs every test suite. Makes sure PostgreSQL and Redis are installed and running first
+# (installing them with apt-get on a fresh Debian machine), so it works the same for a newcomer
+# and in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+wait_for() { # wait_for NAME COMMAND...
+    local name=$1; shift
+    for _ in $(seq 1 60); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    echo "test.sh: $name did not come up" >&2
+    return 1
+}
+
+ensure_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        echo "test.sh: installing PostgreSQL"
+        apt_install postgresql
+        FRESH_POSTGRES=1
+    fi
+    if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+        echo "test.sh: starting PostgreSQL"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start
+        wait_for PostgreSQL pg_isready -h 127.0.0.1 -p 5432 -q
+    fi
+    if [ "${FRESH_POSTGRES:-0}" = 1 ]; then
+        # A fresh Debian install asks for a password over TCP; give the test role one.
+        as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
+    fi
+}
+
+ensure_redis() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "test.sh: installing Redis"
+        apt_install redis-server
+    fi
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        echo "test.sh: starting Redis"
+        as_root mkdir -p /var/lib/redis /var/log/redis
+        as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log
+        wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
+    fi
+}
+
+ensure_postgres
+ensure_redis
+
+# `#[sqlx::test]` creates a fresh database per test through this server. The password is ignored
+# where the server trusts local connections.
+export DATABASE_URL="${PALISADE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export REDIS_URL="${PALISADE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
