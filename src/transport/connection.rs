@@ -300,23 +300,9 @@ impl Connection {
     }
 
     fn reap(&mut self, finished: Result<(String, u64), tokio::task::JoinError>) {
-        match finished {
-            Ok((id, generation)) => {
-                if self
-                    .operations
-                    .get(&id)
-                    .is_some_and(|(g, _)| *g == generation)
-                {
-                    self.operations.remove(&id);
-                }
-            }
-            Err(error) if error.is_panic() => {
-                tracing::error!(parent: &self.span, "an operation panicked");
-                self.outbox
-                    .close(Close::new(code::INTERNAL, "Internal error"));
-            }
-            // Aborted by a client `complete`: its slot was already freed.
-            Err(_) => {}
+        if let Some(close) = free_slot(&mut self.operations, finished) {
+            tracing::error!(parent: &self.span, "an operation panicked");
+            self.outbox.close(close);
         }
     }
 
@@ -338,8 +324,58 @@ impl Connection {
     }
 }
 
+/// Frees the slot of a finished operation task. A panicked task is an internal error that closes
+/// the connection: its client would otherwise wait forever for a result.
+fn free_slot(
+    operations: &mut HashMap<String, (u64, AbortHandle)>,
+    finished: Result<(String, u64), tokio::task::JoinError>,
+) -> Option<Close> {
+    match finished {
+        Ok((id, generation)) => {
+            if operations.get(&id).is_some_and(|(g, _)| *g == generation) {
+                operations.remove(&id);
+            }
+            None
+        }
+        Err(error) if error.is_panic() => Some(Close::new(code::INTERNAL, "Internal error")),
+        // Aborted by a client `complete`: its slot was already freed.
+        Err(_) => None,
+    }
+}
+
 /// axum hides tungstenite's error type, so its capacity error is recognised by its text
 /// ("Space limit exceeded: Message too long: N > M").
 fn is_too_big(error: &axum::Error) -> bool {
     error.to_string().contains("Space limit exceeded")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_operation_closes_the_connection_with_4500() {
+        let mut tasks: JoinSet<(String, u64)> = JoinSet::new();
+        let handle = tasks.spawn(async { panic!("resolver bug") });
+        let mut operations = HashMap::from([("1".to_string(), (0, handle))]);
+        let finished = tasks.join_next().await.unwrap();
+        assert_eq!(
+            free_slot(&mut operations, finished),
+            Some(Close::new(4500, "Internal error"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_finished_operation_frees_only_its_own_generation() {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async { ("1".to_string(), 0) });
+        let finished = tasks.join_next().await.unwrap();
+        let newer = tasks.spawn(std::future::pending());
+        let mut operations = HashMap::from([("1".to_string(), (1, newer))]);
+        assert_eq!(free_slot(&mut operations, finished), None);
+        assert!(
+            operations.contains_key("1"),
+            "the newer operation keeps its slot"
+        );
+    }
 }

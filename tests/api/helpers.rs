@@ -38,7 +38,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
-    let mut app = spawn(DatabaseSource::Url(url.clone()), tweak, dir).await;
+    let mut app = spawn(DatabaseSource::Url(url.clone()), None, tweak, dir).await;
     app.database_url = Some(url);
     app
 }
@@ -47,14 +47,29 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> TestApp {
     spawn(
         DatabaseSource::Ready(db),
+        None,
         tweak,
         tempfile::tempdir().expect("temp dir"),
     )
     .await
 }
 
+/// Spawns with a fresh SQLite database and `REDIS_URL` set to `redis_url`.
+pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
+    spawn(
+        DatabaseSource::Url(url),
+        Some(redis_url.to_string()),
+        |_| {},
+        dir,
+    )
+    .await
+}
+
 async fn spawn(
     database: DatabaseSource,
+    redis_url: Option<String>,
     tweak: impl FnOnce(&mut Config),
     dir: tempfile::TempDir,
 ) -> TestApp {
@@ -69,7 +84,7 @@ async fn spawn(
         config,
         config_path: None,
         database,
-        redis_url: None,
+        redis_url,
         jwt_secret: secret.clone(),
     };
     let app = Application::build(settings).await.expect("the app builds");

@@ -26,3 +26,34 @@ async fn shutdown_closes_websockets_with_1001_writes_their_rows_and_stops_listen
         [Some(1001), Some(1001)]
     );
 }
+
+#[tokio::test]
+async fn an_http_request_in_flight_at_shutdown_is_finished_before_the_server_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = spawn_app().await;
+    let body = serde_json::json!({ "query": "{ me { id } }" }).to_string();
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        app.token("late"),
+        body.len()
+    );
+    // Half the body, then shutdown, then the rest: the request is in flight throughout.
+    let (first, rest) = body.split_at(body.len() / 2);
+    socket
+        .write_all(format!("{head}{first}").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    app.begin_shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    socket.write_all(rest.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains(r#"{"data":{"me":{"id":"late"}}}"#),
+        "{response}"
+    );
+    app.stopped().await.unwrap();
+}
