@@ -1,7 +1,6 @@
 //! One WebSocket connection, from the upgrade to its log row: init and authentication, the
 //! operation table, keepalive, and the close.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_graphql::http::{ClientMessage, WebSocketProtocols as Protocols};
@@ -10,10 +9,9 @@ use axum::http::HeaderMap;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use serde_json::json;
-use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::operation;
+use super::operations::{Operations, Refused};
 use super::outbox::Outbox;
 use super::protocol::{self, Close, code};
 use crate::audit::{Entry, Severity};
@@ -59,12 +57,10 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         span: span.clone(),
         outbox,
         identity: None,
-        operations: HashMap::new(),
-        next_generation: 0,
     };
     let close = connection.run(stream, closing).await;
-    // Dropping the connection aborts its operations and releases the outbox, so the writer ends
-    // once it has sent the close frame.
+    // Dropping the connection releases the outbox (its operations were aborted when `run`
+    // returned), so the writer ends once it has sent the close frame.
     drop(connection);
     let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
     state.metrics.connections_active.dec();
@@ -88,10 +84,6 @@ struct Connection {
     outbox: Outbox,
     /// Set by a successful `connection_init`; `Some(None)` is an accepted anonymous connection.
     identity: Option<Option<Identity>>,
-    /// Running operations by client id. The generation tells a finished task from a newer one that
-    /// reused its id.
-    operations: HashMap<String, (u64, AbortHandle)>,
-    next_generation: u64,
 }
 
 impl Connection {
@@ -107,7 +99,7 @@ impl Connection {
         let pong_timeout = connections.pong_timeout.get();
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         let mut awaiting_pong: Option<Instant> = None;
-        let mut tasks: JoinSet<(String, u64)> = JoinSet::new();
+        let mut operations = Operations::new(connections.max_operations as usize);
         let shutdown = self.state.shutdown.clone();
 
         loop {
@@ -131,7 +123,10 @@ impl Connection {
                         self.outbox.text(protocol::keep_alive());
                     }
                 }
-                Some(finished) = tasks.join_next(), if !tasks.is_empty() => self.reap(finished),
+                Some(close) = operations.reap() => {
+                    tracing::error!(parent: &self.span, "an operation panicked");
+                    self.outbox.close(close);
+                }
                 message = stream.next() => match message {
                     None => return Close::new(code::ABNORMAL, "Connection dropped"),
                     Some(Err(error)) => {
@@ -147,8 +142,8 @@ impl Connection {
                     }
                     Some(Ok(Message::Pong(_))) => awaiting_pong = None,
                     Some(Ok(Message::Ping(_))) => {} // tungstenite answers pings itself
-                    Some(Ok(Message::Text(text))) => self.handle(text.as_bytes(), &mut tasks).await,
-                    Some(Ok(Message::Binary(bytes))) => self.handle(&bytes, &mut tasks).await,
+                    Some(Ok(Message::Text(text))) => self.handle(text.as_bytes(), &mut operations).await,
+                    Some(Ok(Message::Binary(bytes))) => self.handle(&bytes, &mut operations).await,
                 },
             }
         }
@@ -158,7 +153,7 @@ impl Connection {
             .unwrap_or_else(|| Close::new(code::INTERNAL, "Internal error"))
     }
 
-    async fn handle(&mut self, raw: &[u8], tasks: &mut JoinSet<(String, u64)>) {
+    async fn handle(&mut self, raw: &[u8], operations: &mut Operations) {
         let Ok(message) = ClientMessage::from_bytes(raw) else {
             return self
                 .outbox
@@ -166,14 +161,11 @@ impl Connection {
         };
         match message {
             ClientMessage::ConnectionInit { payload } => self.init(payload).await,
-            ClientMessage::Start { id, payload } => self.start(id, payload, tasks),
+            ClientMessage::Start { id, payload } => self.start(id, payload, operations),
             ClientMessage::Stop { id } => {
-                if let Some((_, handle)) = self.operations.remove(&id) {
-                    handle.abort();
-                    // Only the legacy protocol confirms a stop.
-                    if self.protocol == Protocols::SubscriptionsTransportWS {
-                        self.outbox.text(protocol::complete(&id));
-                    }
+                // Only the legacy protocol confirms a stop.
+                if operations.stop(&id) && self.protocol == Protocols::SubscriptionsTransportWS {
+                    self.outbox.text(protocol::complete(&id));
                 }
             }
             ClientMessage::ConnectionTerminate => self
@@ -241,68 +233,48 @@ impl Connection {
         }
     }
 
-    fn start(
-        &mut self,
-        id: String,
-        request: async_graphql::Request,
-        tasks: &mut JoinSet<(String, u64)>,
-    ) {
+    fn start(&mut self, id: String, request: async_graphql::Request, operations: &mut Operations) {
         let Some(identity) = &self.identity else {
             return self
                 .outbox
                 .close(Close::new(code::UNAUTHORIZED, "Unauthorized"));
         };
-        if self
-            .operations
-            .get(&id)
-            .is_some_and(|(_, handle)| !handle.is_finished())
-        {
-            return self.outbox.close(Close::new(
-                code::DUPLICATE_ID,
-                format!("Subscriber for {id} already exists"),
-            ));
-        }
-        let limit = self.state.config.connections.max_operations as usize;
-        if self.operations.len() >= limit {
-            let mut extensions = async_graphql::ErrorExtensionValues::default();
-            extensions.set("code", "MAX_OPERATIONS_LIMIT");
-            extensions.set("limit", limit as u64);
-            let mut error = async_graphql::ServerError::new(
-                format!("Too many concurrent operations on this connection (limit {limit})"),
-                None,
-            );
-            error.extensions = Some(extensions);
-            self.state
-                .metrics
-                .operations_total
-                .with_label_values(&["unknown", "rejected"])
-                .inc();
-            self.outbox
-                .text(protocol::error(self.protocol, &id, &[error]));
-            return;
-        }
         let caller = Caller {
             identity: identity.clone(),
             connection_id: Some(self.id.clone()),
         };
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let task = operation::run(
-            self.state.schema.clone(),
-            request.data(caller),
-            self.protocol,
+        let started = operations.start(
             id.clone(),
-            generation,
+            request.data(caller),
+            self.state.schema.clone(),
+            self.protocol,
             self.outbox.clone(),
         );
-        let handle = tasks.spawn(task);
-        self.operations.insert(id, (generation, handle));
-    }
-
-    fn reap(&mut self, finished: Result<(String, u64), tokio::task::JoinError>) {
-        if let Some(close) = free_slot(&mut self.operations, finished) {
-            tracing::error!(parent: &self.span, "an operation panicked");
-            self.outbox.close(close);
+        match started {
+            Ok(()) => {}
+            Err(Refused::DuplicateId) => {
+                self.outbox.close(Close::new(
+                    code::DUPLICATE_ID,
+                    format!("Subscriber for {id} already exists"),
+                ));
+            }
+            Err(Refused::Full { limit }) => {
+                let mut extensions = async_graphql::ErrorExtensionValues::default();
+                extensions.set("code", "MAX_OPERATIONS_LIMIT");
+                extensions.set("limit", limit as u64);
+                let mut error = async_graphql::ServerError::new(
+                    format!("Too many concurrent operations on this connection (limit {limit})"),
+                    None,
+                );
+                error.extensions = Some(extensions);
+                self.state
+                    .metrics
+                    .operations_total
+                    .with_label_values(&["unknown", "rejected"])
+                    .inc();
+                self.outbox
+                    .text(protocol::error(self.protocol, &id, &[error]));
+            }
         }
     }
 
@@ -324,58 +296,8 @@ impl Connection {
     }
 }
 
-/// Frees the slot of a finished operation task. A panicked task is an internal error that closes
-/// the connection: its client would otherwise wait forever for a result.
-fn free_slot(
-    operations: &mut HashMap<String, (u64, AbortHandle)>,
-    finished: Result<(String, u64), tokio::task::JoinError>,
-) -> Option<Close> {
-    match finished {
-        Ok((id, generation)) => {
-            if operations.get(&id).is_some_and(|(g, _)| *g == generation) {
-                operations.remove(&id);
-            }
-            None
-        }
-        Err(error) if error.is_panic() => Some(Close::new(code::INTERNAL, "Internal error")),
-        // Aborted by a client `complete`: its slot was already freed.
-        Err(_) => None,
-    }
-}
-
 /// axum hides tungstenite's error type, so its capacity error is recognised by its text
 /// ("Space limit exceeded: Message too long: N > M").
 fn is_too_big(error: &axum::Error) -> bool {
     error.to_string().contains("Space limit exceeded")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panicked_operation_closes_the_connection_with_4500() {
-        let mut tasks: JoinSet<(String, u64)> = JoinSet::new();
-        let handle = tasks.spawn(async { panic!("resolver bug") });
-        let mut operations = HashMap::from([("1".to_string(), (0, handle))]);
-        let finished = tasks.join_next().await.unwrap();
-        assert_eq!(
-            free_slot(&mut operations, finished),
-            Some(Close::new(4500, "Internal error"))
-        );
-    }
-
-    #[tokio::test]
-    async fn a_finished_operation_frees_only_its_own_generation() {
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async { ("1".to_string(), 0) });
-        let finished = tasks.join_next().await.unwrap();
-        let newer = tasks.spawn(std::future::pending());
-        let mut operations = HashMap::from([("1".to_string(), (1, newer))]);
-        assert_eq!(free_slot(&mut operations, finished), None);
-        assert!(
-            operations.contains_key("1"),
-            "the newer operation keeps its slot"
-        );
-    }
 }

@@ -1,10 +1,10 @@
 //! The WebSocket endpoint: a graphql-ws server of Palisade's own on axum's WebSocket, driving
 //! async-graphql's execution. The request path reads top to bottom: upgrade (subprotocol, size
 //! limits) here → the connection loop (init/auth, per-operation guards) in `connection` →
-//! execution and fan-out in `operation`.
+//! execution and fan-out in `operations`.
 
 mod connection;
-mod operation;
+mod operations;
 mod outbox;
 pub mod protocol;
 

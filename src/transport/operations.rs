@@ -1,0 +1,165 @@
+//! A connection's running operations: the table that enforces unique ids and
+//! `connections.max_operations`, and the task that executes one operation and forwards its results.
+
+use std::collections::HashMap;
+
+use async_graphql::http::WebSocketProtocols as Protocols;
+use async_graphql::{Request, Value};
+use futures_util::StreamExt;
+use tokio::task::{AbortHandle, JoinError, JoinSet};
+
+use super::outbox::Outbox;
+use super::protocol::{self, Close, code};
+use crate::graphql::AppSchema;
+
+/// Why an operation was not started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// An operation with this id is still running (close 4409).
+    DuplicateId,
+    /// `max_operations` are already running.
+    Full { limit: usize },
+}
+
+pub struct Operations {
+    /// Running operations by client id. The generation tells a finished task from a newer one
+    /// that reused its id.
+    running: HashMap<String, (u64, AbortHandle)>,
+    /// Owns the tasks: dropping the table (the connection ended) aborts them all.
+    tasks: JoinSet<(String, u64)>,
+    next_generation: u64,
+    limit: usize,
+}
+
+impl Operations {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            next_generation: 0,
+            limit,
+        }
+    }
+
+    /// Starts executing `request` under `id`, sending its results through `outbox`.
+    pub fn start(
+        &mut self,
+        id: String,
+        request: Request,
+        schema: AppSchema,
+        protocol: Protocols,
+        outbox: Outbox,
+    ) -> Result<(), Refused> {
+        if self
+            .running
+            .get(&id)
+            .is_some_and(|(_, handle)| !handle.is_finished())
+        {
+            return Err(Refused::DuplicateId);
+        }
+        if self.running.len() >= self.limit {
+            return Err(Refused::Full { limit: self.limit });
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let handle = self.tasks.spawn(run(
+            schema,
+            request,
+            protocol,
+            id.clone(),
+            generation,
+            outbox,
+        ));
+        self.running.insert(id, (generation, handle));
+        Ok(())
+    }
+
+    /// Stops the operation `id` (client `complete`); false when none was running.
+    pub fn stop(&mut self, id: &str) -> bool {
+        self.running
+            .remove(id)
+            .map(|(_, handle)| handle.abort())
+            .is_some()
+    }
+
+    /// Waits for the next task to finish and frees its slot. Pending forever while nothing runs, so
+    /// it can sit in a `select!`. A panicked task yields the close it calls for.
+    pub async fn reap(&mut self) -> Option<Close> {
+        match self.tasks.join_next().await {
+            Some(finished) => self.free(finished),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn free(&mut self, finished: Result<(String, u64), JoinError>) -> Option<Close> {
+        match finished {
+            Ok((id, generation)) => {
+                if self.running.get(&id).is_some_and(|(g, _)| *g == generation) {
+                    self.running.remove(&id);
+                }
+                None
+            }
+            // Its client would otherwise wait forever for a result.
+            Err(error) if error.is_panic() => Some(Close::new(code::INTERNAL, "Internal error")),
+            // Aborted by a client `complete`: its slot was already freed.
+            Err(_) => None,
+        }
+    }
+}
+
+/// Runs until the operation's results are exhausted, the outbox refuses (the connection is
+/// closing), or the table aborts the task. Returns its id and generation to free the right slot.
+async fn run(
+    schema: AppSchema,
+    request: Request,
+    protocol: Protocols,
+    id: String,
+    generation: u64,
+    outbox: Outbox,
+) -> (String, u64) {
+    let mut responses = schema.execute_stream(request);
+    let mut first = true;
+    while let Some(response) = responses.next().await {
+        // A first result with errors and no data means the operation never ran (parse,
+        // validation or limit errors): the protocol reports that as `error`, with no `complete`.
+        if first && response.data == Value::Null && response.is_err() {
+            outbox.text(protocol::error(protocol, &id, &response.errors));
+            return (id, generation);
+        }
+        first = false;
+        if !outbox.text(protocol::next(protocol, &id, &response)) {
+            return (id, generation);
+        }
+    }
+    outbox.text(protocol::complete(&id));
+    (id, generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_operation_closes_the_connection_with_4500() {
+        let mut operations = Operations::new(4);
+        let handle = operations.tasks.spawn(async { panic!("resolver bug") });
+        operations.running.insert("1".into(), (0, handle));
+        assert_eq!(
+            operations.reap().await,
+            Some(Close::new(4500, "Internal error"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_finished_operation_frees_only_its_own_generation() {
+        let mut operations = Operations::new(4);
+        operations.tasks.spawn(async { ("1".to_string(), 0) });
+        let newer = tokio::spawn(std::future::pending::<()>()).abort_handle();
+        operations.running.insert("1".into(), (1, newer));
+        assert_eq!(operations.reap().await, None);
+        assert!(
+            operations.running.contains_key("1"),
+            "the newer operation keeps its slot"
+        );
+    }
+}
