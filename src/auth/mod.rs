@@ -3,17 +3,40 @@
 
 pub mod jwt;
 pub mod secret;
+pub mod session;
 
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 pub use jwt::Verifier;
 
+/// How a connection proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Jwt,
+    Session,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Jwt => "jwt",
+            Method::Session => "session",
+        }
+    }
+}
+
 /// An authenticated user, visible to resolvers through the request data.
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub user_id: String,
+    /// The token's claims; for a session, the session's fields with `sub` set to the user.
     pub claims: Map<String, Value>,
+    pub method: Method,
+    /// When the credentials stop being valid (`exp`, or the session row's `expire`).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The session id, for re-validation and revocation. Never logged.
+    pub session_id: Option<String>,
 }
 
 /// Why credentials were refused. Clients are told only "Forbidden".

@@ -202,7 +202,7 @@ impl Connection {
                     "socket.authenticated",
                     Severity::Info,
                     user_id,
-                    json!({ "method": if identity.is_some() { "jwt" } else { "anonymous" } }),
+                    json!({ "method": identity.as_ref().map_or("anonymous", |i| i.method.as_str()) }),
                 );
                 self.state
                     .metrics

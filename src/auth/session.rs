@@ -1,0 +1,2 @@
+//! Express session cookies (express-session + connect-pg-simple), accepted as the Express app
+//! issues them.
