@@ -60,8 +60,8 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.log();
-        let body =
-            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        // GraphQL-shaped, so GraphQL clients surface the message and code like any other error.
+        let body = serde_json::json!({ "errors": [{ "message": self.to_string(), "extensions": { "code": self.code() } }] });
         (self.status(), Json(body)).into_response()
     }
 }

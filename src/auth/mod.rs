@@ -102,7 +102,17 @@ impl Authenticator {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        Ok(Some(Identity { user_id, claims }))
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0));
+        Ok(Some(Identity {
+            user_id,
+            claims,
+            method: Method::Jwt,
+            expires_at,
+            session_id: None,
+        }))
     }
 }
 

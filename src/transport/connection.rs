@@ -20,7 +20,11 @@ use crate::connlog;
 use crate::graphql::Caller;
 use crate::startup::AppState;
 
-/// How long the connection waits for its writer to deliver the close frame.
+/// Reason prefix of closes the client started.
+const CLIENT_CLOSED: &str = "Closed by client: ";
+
+/// How long the connection waits for its writer to deliver the close frame, and then for the
+/// client's answering close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 /// What the upgrade request told us about the client.
@@ -46,7 +50,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         tracing::error!(parent: &span, error = ?error, "could not write the connection log row");
     }
     state.metrics.connections_active.inc();
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let (outbox, closing, writer) =
         Outbox::start(sink, state.config.connections.send_queue as usize);
     let mut connection = Connection {
@@ -58,11 +62,23 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         outbox,
         identity: None,
     };
-    let close = connection.run(stream, closing).await;
+    let close = connection.run(&mut stream, closing).await;
     // Dropping the connection releases the outbox (its operations were aborted when `run`
     // returned), so the writer ends once it has sent the close frame.
     drop(connection);
     let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
+    if close.code != code::ABNORMAL && !close.reason.starts_with(CLIENT_CLOSED) {
+        // We closed: wait for the client's close frame, completing the handshake, so clients see a
+        // clean close with our code rather than a dropped connection.
+        let answered = async {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(WRITER_GRACE, answered).await;
+    }
     state.metrics.connections_active.dec();
     state
         .metrics
@@ -89,7 +105,7 @@ struct Connection {
 impl Connection {
     async fn run(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
+        stream: &mut SplitStream<WebSocket>,
         mut closing: tokio::sync::watch::Receiver<Option<Close>>,
     ) -> Close {
         let connections = &self.state.config.connections;
@@ -138,7 +154,7 @@ impl Connection {
                     }
                     Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = frame.map(|f| (f.code, f.reason.to_string())).unwrap_or((code::NORMAL, String::new()));
-                        return Close::new(code, format!("Closed by client: {reason}"));
+                        return Close::new(code, format!("{CLIENT_CLOSED}{reason}"));
                     }
                     Some(Ok(Message::Pong(_))) => awaiting_pong = None,
                     Some(Ok(Message::Ping(_))) => {} // tungstenite answers pings itself

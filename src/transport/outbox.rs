@@ -80,12 +80,13 @@ async fn write_loop(
 ) {
     loop {
         // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
-        // reading must not delay the close beyond CLOSE_FLUSH.
+        // reading must not delay the close beyond CLOSE_FLUSH. `changed()` also fires when the
+        // outbox is dropped, which ends the loop like an exhausted queue does.
         tokio::select! {
             biased;
             _ = close.changed() => break,
             message = queue.recv() => {
-                let Some(message) = message else { return };
+                let Some(message) = message else { break };
                 tokio::select! {
                     biased;
                     _ = close.changed() => break,
@@ -94,10 +95,15 @@ async fn write_loop(
             }
         }
     }
-    let Some(decided) = close.borrow().clone() else {
-        return;
-    };
+    let decided = close.borrow().clone();
     let finish = async {
+        let Some(decided) = decided else {
+            // The connection ended without a decision of ours: the client closed first. Closing
+            // the sink flushes tungstenite's reply to the client's close frame, completing the
+            // handshake instead of dropping the TCP connection.
+            let _ = sink.close().await;
+            return;
+        };
         // What was queued before the decision (an `error`, a final notice) still goes out first,
         // except to a slow consumer, whose backlog is the problem.
         if decided.code != code::SLOW_CONSUMER {

@@ -264,3 +264,49 @@ async fn an_upgrade_without_a_graphql_subprotocol_is_refused_before_the_handshak
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_so_the_client_sees_a_clean_close() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let app = spawn_app().await;
+    let mut client = app.ws_acked("alice").await;
+    let frame = CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    };
+    client
+        .stream
+        .send(Message::Close(Some(frame)))
+        .await
+        .unwrap();
+    match client.next_frame().await {
+        Message::Close(Some(reply)) => assert_eq!(u16::from(reply.code), 1000),
+        other => panic!("expected the server's close reply, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn after_a_server_close_the_server_waits_for_the_clients_answer() {
+    let app = spawn_app().await;
+    let mut client = app.ws("graphql-transport-ws").await;
+    client
+        .send(json!({ "type": "connection_init", "payload": {} }))
+        .await;
+    assert_eq!(client.closed().await.0, 4403);
+    // Reading on lets tungstenite send our answering close frame; the server then ends the
+    // connection cleanly, so the stream ends without a reset.
+    use futures_util::StreamExt;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), client.stream.next())
+        .await
+        .expect("the server ends the connection");
+    assert!(
+        end.is_none()
+            || matches!(
+                end,
+                Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))
+            ),
+        "{end:?}"
+    );
+}

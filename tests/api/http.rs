@@ -51,7 +51,7 @@ async fn http_without_valid_credentials_is_refused_with_401_and_a_code() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401);
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
+        assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
     }
 }
 
