@@ -161,11 +161,17 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn announce_development_secret(settings: &Settings) -> anyhow::Result<()> {
     let jwt = &settings.config.auth.jwt;
+    // The `service` role lets the newcomer publish as well as subscribe (the shipped topic rules
+    // reserve publishing to it).
+    let roles = Map::from_iter([(
+        settings.config.topics.roles_claim.clone(),
+        serde_json::json!(["service"]),
+    )]);
     let token = jwt::mint(
         &settings.jwt_secret,
         jwt,
         "dev",
-        Map::new(),
+        roles,
         Duration::from_secs(24 * 3600),
     )?;
     tracing::warn!(
@@ -175,7 +181,7 @@ fn announce_development_secret(settings: &Settings) -> anyhow::Result<()> {
     );
     let port = settings.config.server.listen.port();
     eprintln!(
-        "\n  GraphiQL: http://localhost:{port}{}\n  Paste into its Headers tab (valid 24h, user `dev`):\n  {{\"Authorization\": \"Bearer {token}\"}}\n",
+        "\n  GraphiQL: http://localhost:{port}{}\n  Paste into its Headers tab (valid 24h, user `dev`, role `service`):\n  {{\"Authorization\": \"Bearer {token}\"}}\n",
         settings.config.server.graphql_path
     );
     Ok(())

@@ -80,6 +80,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
     let caller = Caller {
         identity,
         connection_id: None,
+        ip: Some(peer.ip().to_string()),
     };
     GraphQLResponse::from(state.schema.execute(request.data(caller)).await).into_response()
 }

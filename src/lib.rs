@@ -13,4 +13,5 @@ pub mod http;
 pub mod metrics;
 pub mod startup;
 pub mod telemetry;
+pub mod topics;
 pub mod transport;

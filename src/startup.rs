@@ -23,7 +23,7 @@ use crate::auth::{Authenticator, Verifier};
 use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
 use crate::db::Database;
-use crate::graphql::{self, AppSchema, Instance};
+use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::http;
 use crate::metrics::Metrics;
 
@@ -89,9 +89,17 @@ impl Application {
             config.streams.replay_limit as usize,
             config.connections.send_queue as usize,
         ));
-        let schema = graphql::build(&config, bus, instance.clone(), metrics.clone());
+        let audit = Audit::start(db.clone(), metrics.clone());
+        let schema = graphql::build(Services {
+            config: config.clone(),
+            bus,
+            db: db.clone(),
+            audit: audit.clone(),
+            instance: instance.clone(),
+            metrics: metrics.clone(),
+        });
         let state = AppState {
-            audit: Audit::start(db.clone(), metrics.clone()),
+            audit,
             auth: Arc::new(Authenticator::new(verifier, config.auth.required)),
             schema,
             db,

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use validator::ValidationError;
 
-use super::Config;
+use super::{Config, Grant};
 
 fn invalid(message: impl Into<Cow<'static, str>>) -> ValidationError {
     ValidationError::new("invalid").with_message(message.into())
@@ -153,5 +153,40 @@ pub(super) fn cross_field(config: &Config) -> Vec<(String, String)> {
         "must differ from server.listen; leave it unset to serve admin endpoints on the main listener"
             .into(),
     );
+    for (i, rule) in config.topics.rules.iter().enumerate() {
+        let placeholders: Vec<&str> = rule
+            .pattern
+            .split(':')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        for (list, grants) in [("subscribe", &rule.subscribe), ("publish", &rule.publish)] {
+            for (j, grant) in grants.iter().enumerate() {
+                let path = format!("topics.rules[{i}].{list}[{j}]");
+                let (placeholder, identifiers) = match grant {
+                    Grant::Authenticated | Grant::Role(_) => (None, vec![]),
+                    Grant::Subject(p) => (Some(p), vec![]),
+                    Grant::Claim { contains, .. } => (Some(contains), vec![]),
+                    Grant::Member {
+                        table,
+                        user_column,
+                        key_column,
+                        placeholder,
+                    } => (Some(placeholder), vec![table, user_column, key_column]),
+                };
+                if let Some(p) = placeholder {
+                    check(
+                        placeholders.contains(&p.as_str()),
+                        &path,
+                        format!("placeholder `{p}` is not in the pattern `{}`", rule.pattern),
+                    );
+                }
+                for identifier in identifiers {
+                    if let Err(e) = sql_identifier(identifier) {
+                        check(false, &path, e.message.unwrap_or_default().to_string());
+                    }
+                }
+            }
+        }
+    }
     problems
 }

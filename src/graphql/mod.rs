@@ -7,12 +7,16 @@ mod types;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_graphql::Schema;
+use async_graphql::{Context, ErrorExtensions, Schema};
 
+use crate::audit::{Audit, Entry, Severity};
 use crate::auth::Identity;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::db::Database;
+use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::topics::{self, Action, Decision};
 
 pub use types::{Mutation, Query, Subscription};
 
@@ -24,24 +28,71 @@ pub struct Instance {
     pub started: Instant,
 }
 
-/// Attached to each operation: who sent it, and on which connection.
+/// Attached to each operation: who sent it, from where, and on which connection.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
     pub identity: Option<Identity>,
     /// The WebSocket connection id; `None` for HTTP requests.
     pub connection_id: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Checks a topic rule for the caller; a denial is audited and answered with FORBIDDEN on this
+/// operation only. Returns whether the topic is a system topic.
+pub async fn authorize(
+    ctx: &Context<'_>,
+    topic: &str,
+    action: Action,
+) -> async_graphql::Result<bool> {
+    let config = ctx.data_unchecked::<Arc<Config>>();
+    let db = ctx.data_unchecked::<Database>();
+    let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
+    let decision = topics::check(&config.topics, db, caller.identity.as_ref(), topic, action).await;
+    match decision.map_err(|e| Error::Internal(e).extend())? {
+        Decision::Allowed { system } => Ok(system),
+        Decision::Denied(reason) => {
+            ctx.data_unchecked::<Audit>().record(Entry {
+                action: "unauthorized_topic_access",
+                severity: Severity::Warn,
+                user_id: caller.identity.map(|i| i.user_id),
+                connection_id: caller.connection_id,
+                ip: caller.ip,
+                metadata: serde_json::json!({ "topic": topic, "action": format!("{action:?}").to_lowercase(), "reason": reason }),
+            });
+            let verb = match action {
+                Action::Subscribe => "subscribe to",
+                Action::Publish => "publish on",
+            };
+            Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
+        }
+    }
+}
+
+/// What resolvers reach through the schema data.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub bus: Arc<dyn Bus>,
+    pub db: Database,
+    pub audit: Audit,
+    pub instance: Arc<Instance>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds the schema with the shape limits of `payload` that async-graphql enforces itself.
-pub fn build(
-    config: &Config,
-    bus: Arc<dyn Bus>,
-    instance: Arc<Instance>,
-    metrics: Arc<Metrics>,
-) -> AppSchema {
+pub fn build(services: Services) -> AppSchema {
+    let Services {
+        config,
+        bus,
+        db,
+        audit,
+        instance,
+        metrics,
+    } = services;
     let payload = &config.payload;
     let mut builder = Schema::build(Query, Mutation, Subscription)
         .data(bus)
+        .data(db)
+        .data(audit)
         .data(instance)
         .extension(observe::Observe(metrics))
         .limit_depth(payload.max_depth as usize)
@@ -54,7 +105,7 @@ pub fn build(
     if !payload.field_suggestions {
         builder = builder.disable_suggestions();
     }
-    builder.finish()
+    builder.data(config).finish()
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::{Caller, Instance};
+use super::{Caller, Instance, authorize};
 use crate::bus::{Bus, Delivery, Event as BusEvent, EventId};
 use crate::error::Error;
+use crate::topics::Action;
 
 pub struct Query;
 
@@ -56,7 +57,8 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
-    /// Publishes an event into a topic; every subscriber of the topic receives it.
+    /// Publishes an event into a topic; every subscriber of the topic receives it. Needs a
+    /// `publish` grant of the topic's rule (FORBIDDEN otherwise).
     async fn publish(
         &self,
         ctx: &Context<'_>,
@@ -64,6 +66,7 @@ impl Mutation {
         #[graphql(name = "type")] kind: String,
         payload: Option<Json<Value>>,
     ) -> async_graphql::Result<Event> {
+        authorize(ctx, &topic, Action::Publish).await?;
         let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
         let payload = payload.map(|p| p.0).unwrap_or(Value::Null);
         let event = bus
@@ -79,7 +82,8 @@ pub struct Subscription;
 #[SubscriptionRoot]
 impl Subscription {
     /// Events of a topic. With `after` (an event id), events published since then are replayed
-    /// first; if more were missed than can be replayed, a `GAP` event comes first.
+    /// first; if more were missed than can be replayed, a `GAP` event comes first. Needs a
+    /// `subscribe` grant of the topic's rule (FORBIDDEN otherwise).
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -90,6 +94,7 @@ impl Subscription {
             .map(|id| id.parse::<EventId>())
             .transpose()
             .map_err(|e| Error::BadUserInput(e).extend())?;
+        authorize(ctx, &topic, Action::Subscribe).await?;
         let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
         let deliveries = bus
             .subscribe(topic.clone(), after)

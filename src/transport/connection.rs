@@ -258,6 +258,7 @@ impl Connection {
         let caller = Caller {
             identity: identity.clone(),
             connection_id: Some(self.id.clone()),
+            ip: Some(self.peer.ip.clone()),
         };
         let started = operations.start(
             id.clone(),

@@ -140,3 +140,19 @@ fn token_mints_a_jwt_with_the_given_subject_claims_and_ttl() {
     let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
     assert_eq!(ttl, 7200);
 }
+
+#[test]
+fn check_config_refuses_grants_that_name_missing_placeholders_or_unsafe_tables() {
+    let (ok, _, stderr) = check(
+        "topics:\n  rules:\n    - pattern: 'team:{team}'\n      subscribe: [{ subject: user }]\n      publish: [{ member: { table: 'x; drop', key_column: team_id, placeholder: team } }]\n",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("topics.rules[0].subscribe[0]: placeholder `user` is not in the pattern"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("topics.rules[0].publish[0]: `x; drop` must be a plain SQL identifier"),
+        "{stderr}"
+    );
+}

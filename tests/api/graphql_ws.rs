@@ -10,17 +10,16 @@ const PUBLISH: &str = "mutation($topic: String!, $payload: JSON) { publish(topic
 async fn a_subscriber_gets_acked_receives_published_events_and_can_complete() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "demo" } } })).await;
+    client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "system:demo" } } })).await;
     // The subscription is registered once the server has processed the message; a ping round trip
     // on the same connection proves that.
     client.send(json!({ "type": "ping" })).await;
     assert_eq!(client.recv().await["type"], "pong");
 
     let published = app
-        .post(
-            "svc",
+        .post_as_service(
             PUBLISH,
-            json!({ "topic": "demo", "payload": { "n": 1 } }),
+            json!({ "topic": "system:demo", "payload": { "n": 1 } }),
         )
         .await;
     let next = client.recv().await;
@@ -36,10 +35,9 @@ async fn a_subscriber_gets_acked_receives_published_events_and_can_complete() {
     );
 
     client.send(json!({ "id": "1", "type": "complete" })).await;
-    app.post(
-        "svc",
+    app.post_as_service(
         PUBLISH,
-        json!({ "topic": "demo", "payload": { "n": 2 } }),
+        json!({ "topic": "system:demo", "payload": { "n": 2 } }),
     )
     .await;
     client.send(json!({ "type": "ping" })).await;
@@ -88,15 +86,15 @@ async fn an_invalid_operation_gets_an_error_message_and_the_connection_stays_ope
 async fn resuming_with_after_replays_missed_events_in_order() {
     let app = spawn_app().await;
     let first = app
-        .post("svc", PUBLISH, json!({ "topic": "t", "payload": 1 }))
+        .post_as_service(PUBLISH, json!({ "topic": "system:t", "payload": 1 }))
         .await;
     for n in 2..=3 {
-        app.post("svc", PUBLISH, json!({ "topic": "t", "payload": n }))
+        app.post_as_service(PUBLISH, json!({ "topic": "system:t", "payload": n }))
             .await;
     }
     let mut client = app.ws_acked("alice").await;
     let after = first["data"]["publish"]["id"].clone();
-    client.send(json!({ "id": "r", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "t", "after": after } } })).await;
+    client.send(json!({ "id": "r", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "system:t", "after": after } } })).await;
     for n in 2..=3 {
         assert_eq!(
             client.recv().await["payload"]["data"]["events"]["payload"],
@@ -170,7 +168,7 @@ async fn a_client_that_never_initialises_is_closed_with_4408() {
 async fn reusing_a_running_operation_id_closes_with_4409() {
     let app = spawn_app().await;
     let mut client = app.ws_acked("alice").await;
-    let subscribe = json!({ "id": "dup", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "t" } } });
+    let subscribe = json!({ "id": "dup", "type": "subscribe", "payload": { "query": EVENTS, "variables": { "topic": "system:t" } } });
     client.send(subscribe.clone()).await;
     client.send(subscribe).await;
     assert_eq!(

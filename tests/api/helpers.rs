@@ -150,9 +150,21 @@ impl TestApp {
 
     /// Runs a GraphQL operation over HTTP as `sub`.
     pub async fn post(&self, sub: &str, query: &str, variables: Value) -> Value {
+        self.post_with_token(&self.token(sub), query, variables)
+            .await
+    }
+
+    /// Runs a GraphQL operation over HTTP as a backend service (the `service` role may publish).
+    pub async fn post_as_service(&self, query: &str, variables: Value) -> Value {
+        let claims = Map::from_iter([("roles".to_string(), json!(["service"]))]);
+        self.post_with_token(&self.token_with("svc", claims), query, variables)
+            .await
+    }
+
+    pub async fn post_with_token(&self, token: &str, query: &str, variables: Value) -> Value {
         reqwest::Client::new()
             .post(self.url("/graphql"))
-            .bearer_auth(self.token(sub))
+            .bearer_auth(token)
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await

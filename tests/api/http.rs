@@ -120,9 +120,8 @@ async fn metrics_count_connections_and_operations() {
         .send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { id } }" } }))
         .await;
     client.recv().await;
-    app.post(
-        "alice",
-        "mutation { publish(topic: \"t\", type: \"x\") { id } }",
+    app.post_as_service(
+        "mutation { publish(topic: \"system:t\", type: \"x\") { id } }",
         json!({}),
     )
     .await;

@@ -8,7 +8,7 @@ async fn the_legacy_graphql_ws_protocol_can_start_receive_and_stop() {
     let mut client = app.ws("graphql-ws").await;
     client.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", app.token("old")) } })).await;
     assert_eq!(client.recv().await["type"], "connection_ack");
-    client.send(json!({ "id": "1", "type": "start", "payload": { "query": "subscription { events(topic: \"legacy\") { type } }" } })).await;
+    client.send(json!({ "id": "1", "type": "start", "payload": { "query": "subscription { events(topic: \"system:legacy\") { type } }" } })).await;
     client
         .send(json!({ "id": "2", "type": "start", "payload": { "query": "{ me { id } }" } }))
         .await;
@@ -20,9 +20,8 @@ async fn the_legacy_graphql_ws_protocol_can_start_receive_and_stop() {
         json!({ "id": "2", "type": "complete" })
     );
 
-    app.post(
-        "svc",
-        "mutation { publish(topic: \"legacy\", type: \"hello\") { id } }",
+    app.post_as_service(
+        "mutation { publish(topic: \"system:legacy\", type: \"hello\") { id } }",
         json!({}),
     )
     .await;

@@ -9,7 +9,7 @@ async fn operations_past_max_operations_get_an_error_and_complete_frees_a_slot()
     let app = spawn_app_with(|c| c.connections.max_operations = 2).await;
     let mut client = app.ws_acked("alice").await;
     for id in ["a", "b", "c"] {
-        client.send(json!({ "id": id, "type": "subscribe", "payload": { "query": EVENTS, "variables": { "t": id } } })).await;
+        client.send(json!({ "id": id, "type": "subscribe", "payload": { "query": EVENTS, "variables": { "t": format!("system:{id}") } } })).await;
     }
     let refused = client.recv().await;
     assert_eq!(refused["type"], "error");
@@ -38,16 +38,14 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_without_slowin
     let mut fast = app.ws_acked("fast").await;
     let big = "x".repeat(32 * 1024);
     for client in [&mut slow, &mut fast] {
-        client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { events(topic: \"flood\") { payload } }" } })).await;
+        client.send(json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { events(topic: \"system:flood\") { payload } }" } })).await;
         client.send(json!({ "type": "ping" })).await;
         assert_eq!(client.recv().await["type"], "pong");
     }
     // The slow client reads nothing while far more than its queue and socket buffers can hold is
     // published; the fast one keeps up.
     for n in 0..400 {
-        app.post(
-            "svc",
-            "mutation($p: JSON) { publish(topic: \"flood\", type: \"t\", payload: $p) { id } }",
+        app.post_as_service("mutation($p: JSON) { publish(topic: \"system:flood\", type: \"t\", payload: $p) { id } }",
             json!({ "p": { "n": n, "pad": big } }),
         )
         .await;

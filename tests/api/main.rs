@@ -10,3 +10,4 @@ mod lifecycle;
 mod limits;
 mod postgres;
 mod schema;
+mod topics;
