@@ -146,6 +146,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             .ok()
             .filter(|url| !url.is_empty()),
         jwt_secret,
+        session_secrets: crate::auth::SessionStore::secrets_from_env(&config.auth.session),
         config_path,
         config,
     };

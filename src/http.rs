@@ -38,7 +38,7 @@ pub async fn graphql_get(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
     {
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-            Ok(ws) => transport::upgrade(state, peer, parts.headers, ws),
+            Ok(ws) => transport::upgrade(state, peer, parts.headers, parts.uri.query(), ws),
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -81,6 +81,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
         identity,
         connection_id: None,
         ip: Some(peer.ip().to_string()),
+        connection: None,
     };
     GraphQLResponse::from(state.schema.execute(request.data(caller)).await).into_response()
 }

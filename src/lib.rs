@@ -1,5 +1,6 @@
 //! Palisade: a hardened GraphQL subscriptions server whose thresholds live in hardening.yaml.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod bus;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod metrics;
+pub mod registry;
 pub mod startup;
 pub mod telemetry;
 pub mod topics;

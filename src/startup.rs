@@ -11,21 +11,23 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::admin;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
-use crate::auth::{Authenticator, Verifier};
+use crate::auth::{Authenticator, SessionStore, Verifier};
 use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
 use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -35,6 +37,8 @@ pub struct Settings {
     pub database: DatabaseSource,
     pub redis_url: Option<String>,
     pub jwt_secret: HmacSecret,
+    /// Express cookie secrets, newest first; empty turns cookie authentication off.
+    pub session_secrets: Vec<String>,
 }
 
 pub enum DatabaseSource {
@@ -52,6 +56,8 @@ pub struct AppState {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// Who is connected: per-IP and per-user limits, and revocation.
+    pub registry: Arc<Registry>,
     pub instance: Arc<Instance>,
     pub redis: Option<redis::Client>,
     /// Cancelled when the server starts shutting down; every connection watches it.
@@ -90,8 +96,13 @@ impl Application {
             config.connections.send_queue as usize,
         ));
         let audit = Audit::start(db.clone(), metrics.clone());
+        let sessions = (!settings.session_secrets.is_empty()).then(|| {
+            SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
+        });
+        let auth = Arc::new(Authenticator::new(verifier, config.auth.required, sessions));
         let schema = graphql::build(Services {
             config: config.clone(),
+            auth: auth.clone(),
             bus,
             db: db.clone(),
             audit: audit.clone(),
@@ -100,7 +111,8 @@ impl Application {
         });
         let state = AppState {
             audit,
-            auth: Arc::new(Authenticator::new(verifier, config.auth.required)),
+            auth,
+            registry: Registry::new(&config.connections),
             schema,
             db,
             metrics,
@@ -175,6 +187,17 @@ impl Application {
                 .await
             })
         };
+        // Rate-limiter state of idle IPs and users is forgotten once a minute, so memory stays
+        // bounded however many distinct clients come and go.
+        tokio::spawn({
+            let (registry, shutdown) = (state.registry.clone(), shutdown.clone());
+            async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+                while shutdown.run_until_cancelled(every.tick()).await.is_some() {
+                    registry.retain_recent();
+                }
+            }
+        });
         let main_server = serve(listener, main);
         let admin_server = admin_listener.map(|listener| {
             serve(
@@ -229,6 +252,7 @@ fn routers(state: &AppState, separate_admin: bool) -> (Router, Option<Router>) {
             get(http::graphql_get).post(http::graphql_post),
         )
         .route("/graphiql/{file}", get(http::graphiql_asset))
+        .route("/admin/revoke", post(admin::revoke))
         .layer(DefaultBodyLimit::max(
             config.payload.max_message_bytes.bytes(),
         ))

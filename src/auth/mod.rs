@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 pub use jwt::Verifier;
+pub use session::SessionStore;
 
 /// How a connection proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,10 @@ pub enum AuthFailure {
     Missing,
     #[error(transparent)]
     Token(#[from] jwt::TokenError),
+    #[error(transparent)]
+    Session(#[from] session::SessionError),
+    #[error("the session has no logged-in user")]
+    AnonymousSession,
 }
 
 impl AuthFailure {
@@ -54,6 +59,8 @@ impl AuthFailure {
         match self {
             AuthFailure::Missing => "missing",
             AuthFailure::Token(_) => "invalid_token",
+            AuthFailure::Session(e) => e.cause(),
+            AuthFailure::AnonymousSession => "anonymous_session",
         }
     }
 }
@@ -63,40 +70,67 @@ impl AuthFailure {
 pub struct Authenticator {
     verifier: Verifier,
     required: bool,
+    /// Express session cookies; `None` when no cookie secrets are configured.
+    sessions: Option<SessionStore>,
 }
 
 impl Authenticator {
-    pub fn new(verifier: Verifier, required: bool) -> Self {
-        Self { verifier, required }
+    pub fn new(verifier: Verifier, required: bool, sessions: Option<SessionStore>) -> Self {
+        Self {
+            verifier,
+            required,
+            sessions,
+        }
     }
 
-    /// Authenticates a WebSocket from its `connection_init` payload, falling back to the upgrade
-    /// request's `Authorization` header. `Ok(None)` is an accepted anonymous connection.
-    pub fn connection(
+    pub fn sessions(&self) -> Option<&SessionStore> {
+        self.sessions.as_ref()
+    }
+
+    /// Authenticates a WebSocket: a token from the `connection_init` payload, else the upgrade
+    /// request's `Authorization` header, else its `access_token` query parameter (passed only when
+    /// `auth.jwt.allow_query_token` is on), else the upgrade's session cookie. `Ok(None)` is an
+    /// accepted anonymous connection.
+    pub async fn connection(
         &self,
         init_payload: Option<&Value>,
         upgrade_headers: &HeaderMap,
+        query_token: Option<&str>,
     ) -> Result<Option<Identity>, AuthFailure> {
         let token = init_payload
             .and_then(token_from_payload)
-            .or_else(|| token_from_headers(upgrade_headers));
-        self.check(token)
+            .or_else(|| token_from_headers(upgrade_headers))
+            .or_else(|| query_token.map(str::to_string));
+        if let Some(token) = token {
+            return self.token(&token).map(Some);
+        }
+        let cookie = match &self.sessions {
+            Some(store) => store.authenticate_headers(upgrade_headers).await,
+            None => None,
+        };
+        match cookie {
+            Some(session) => match session?.identity() {
+                Some(identity) => Ok(Some(identity)),
+                None if self.required => Err(AuthFailure::AnonymousSession),
+                None => Ok(None),
+            },
+            None if self.required => Err(AuthFailure::Missing),
+            None => Ok(None),
+        }
     }
 
     /// Authenticates a plain HTTP request by its `Authorization` header.
     pub fn http(&self, headers: &HeaderMap) -> Result<Option<Identity>, AuthFailure> {
-        self.check(token_from_headers(headers))
+        match token_from_headers(headers) {
+            Some(token) => self.token(&token).map(Some),
+            None if self.required => Err(AuthFailure::Missing),
+            None => Ok(None),
+        }
     }
 
-    fn check(&self, token: Option<String>) -> Result<Option<Identity>, AuthFailure> {
-        let Some(token) = token else {
-            return if self.required {
-                Err(AuthFailure::Missing)
-            } else {
-                Ok(None)
-            };
-        };
-        let claims = self.verifier.verify(&token)?;
+    /// The identity a valid token carries (also used by `refreshAuth`).
+    pub fn token(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let claims = self.verifier.verify(token)?;
         let user_id = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -106,13 +140,13 @@ impl Authenticator {
             .get("exp")
             .and_then(Value::as_i64)
             .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0));
-        Ok(Some(Identity {
+        Ok(Identity {
             user_id,
             claims,
             method: Method::Jwt,
             expires_at,
             session_id: None,
-        }))
+        })
     }
 }
 

@@ -1,2 +1,626 @@
 //! Express session cookies (express-session + connect-pg-simple), accepted as the Express app
 //! issues them.
+//!
+//! The cookie (default `connect.sid`) holds `encodeURIComponent('s:' + sid + '.' + sig)`, where
+//! `sig` is HMAC-SHA256(secret, sid) in standard base64 without `=` padding (cookie-signature).
+//! The value is percent-decoded, must start with `s:`, and is split at its last `.`. Every secret
+//! from the `auth.session.secrets_env` variable (comma-separated, newest first) is tried, so a
+//! rotated secret keeps working while it is still listed; tags are compared in constant time.
+//!
+//! The session itself is the connect-pg-simple row `(sid, sess json, expire timestamp)` in
+//! `auth.session.table`. `expire` has no time zone and is UTC. A row that is missing or whose
+//! `expire` is in the past is refused. The user is the string or number at `auth.session.user_pointer`
+//! (default `/passport/user`) inside `sess`; with nothing there the session is anonymous (passport
+//! removes the user on logout), and the caller decides whether that is acceptable.
+//!
+//! Live connections re-check their session with [`SessionStore::recheck`] and slide it forward with
+//! [`SessionStore::extend`], which writes only `expire`, exactly as express-session's `touch` through
+//! connect-pg-simple does: now + `sess.cookie.originalMaxAge` (ms), or connect-pg-simple's default
+//! of one day when the cookie has no max age.
+//!
+//! Cookies, session ids, session contents and secrets never appear in errors or logs: errors reach
+//! audit rows, so they carry only a low-cardinality [`SessionError::cause`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use axum::http::header::COOKIE;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeDelta, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use percent_encoding::percent_decode_str;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use sqlx::AssertSqlSafe;
+
+use super::{Identity, Method};
+use crate::config::Session as SessionConfig;
+use crate::db::Database;
+use crate::on_pool;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// connect-pg-simple's `ttl` when the session cookie has no max age (a browser-session cookie).
+pub const DEFAULT_TTL: TimeDelta = TimeDelta::seconds(86_400);
+
+/// Browsers keep at most 4096 bytes per cookie; anything longer did not come from Express.
+const MAX_COOKIE_BYTES: usize = 4096;
+
+/// Signs `sid` as express-session does: `s:<sid>.<base64 HMAC-SHA256(secret, sid), unpadded>`.
+/// The cookie value is this string URL-encoded (`encodeURIComponent`).
+pub fn sign(sid: &str, secret: impl AsRef<[u8]>) -> String {
+    format!(
+        "s:{sid}.{}",
+        STANDARD_NO_PAD.encode(tag(sid, secret.as_ref()))
+    )
+}
+
+fn mac(secret: &[u8], sid: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(sid.as_bytes());
+    mac
+}
+
+fn tag(sid: &str, secret: &[u8]) -> Vec<u8> {
+    mac(secret, sid).finalize().into_bytes().to_vec()
+}
+
+/// The raw (still URL-encoded) value of cookie `name` from every `Cookie` header, parsed as the
+/// `cookie` npm package does: pairs split at `;`, names and values trimmed, one pair of surrounding
+/// double quotes removed, and the first occurrence of a name wins.
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|header| header.to_str().ok())
+        .flat_map(|header| header.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            if key.trim_matches([' ', '\t']) != name {
+                return None;
+            }
+            let value = value.trim_matches([' ', '\t']);
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some(value.to_string())
+        })
+}
+
+/// Why a session cookie was refused. The messages never contain the cookie, the session id, the
+/// session's contents or a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Not a signed express-session cookie: bad encoding, no `s:` prefix, no signature.
+    #[error("session cookie is malformed")]
+    Malformed,
+    /// Well formed, but no configured secret produced its signature.
+    #[error("session cookie signature matches no configured secret")]
+    BadSignature,
+    /// No session row with that id (never existed, destroyed, or pruned).
+    #[error("session not found")]
+    Missing,
+    /// The session row's `expire` is in the past.
+    #[error("session expired")]
+    Expired,
+    /// The row exists but `sess` is not a JSON object, or its lifetime is out of range.
+    #[error("session row is corrupt")]
+    Corrupt,
+    /// The session table could not be read or written.
+    #[error("session store query failed: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl SessionError {
+    /// A short, low-cardinality cause for metrics and audit rows.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SessionError::Malformed => "malformed_cookie",
+            SessionError::BadSignature => "bad_signature",
+            SessionError::Missing => "session_missing",
+            SessionError::Expired => "session_expired",
+            SessionError::Corrupt => "session_corrupt",
+            SessionError::Database(_) => "database",
+        }
+    }
+}
+
+/// A live session row, as found by [`SessionStore::authenticate`] or [`SessionStore::lookup`].
+#[derive(Clone)]
+pub struct Session {
+    /// The session id (the cookie's unsigned value). Never logged.
+    pub sid: String,
+    /// The user at the configured pointer; `None` for an anonymous (or logged-out) session.
+    pub user_id: Option<String>,
+    /// The row's `expire`.
+    pub expire: DateTime<Utc>,
+    /// How far [`SessionStore::extend`] moves `expire`: the cookie's `originalMaxAge`, else one day.
+    pub lifetime: TimeDelta,
+    /// The `sess` object.
+    pub data: Map<String, Value>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("expire", &self.expire)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn is_anonymous(&self) -> bool {
+        self.user_id.is_none()
+    }
+
+    /// The identity of a logged-in session: the `sess` fields with `sub` set to the user.
+    /// `None` when the session is anonymous.
+    pub fn identity(&self) -> Option<Identity> {
+        let user_id = self.user_id.clone()?;
+        let mut claims = self.data.clone();
+        claims.insert("sub".into(), Value::String(user_id.clone()));
+        Some(Identity {
+            user_id,
+            claims,
+            method: Method::Session,
+            expires_at: Some(self.expire),
+            session_id: Some(self.sid.clone()),
+        })
+    }
+}
+
+/// What a re-check of a live connection's session found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Still valid. The caller compares `user_id` with the connection's user.
+    Active {
+        user_id: String,
+        expire: DateTime<Utc>,
+        lifetime: TimeDelta,
+    },
+    /// The row is gone: the user logged out (`req.session.destroy()`) or it was pruned.
+    Missing,
+    /// The row's `expire` is in the past.
+    Expired,
+    /// The row exists but the user pointer is gone (`req.logout()` keeping the session).
+    LoggedOut,
+}
+
+impl Status {
+    /// A short, low-cardinality cause for metrics, audit rows and close reasons.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Status::Active { .. } => "active",
+            Status::Missing => "session_missing",
+            Status::Expired => "session_expired",
+            Status::LoggedOut => "session_logged_out",
+        }
+    }
+}
+
+/// Verifies session cookies and reads, re-checks and extends session rows.
+#[derive(Clone)]
+pub struct SessionStore {
+    db: Database,
+    secrets: Arc<[Vec<u8>]>,
+    cookie_name: String,
+    user_pointer: String,
+    select_sql: Arc<str>,
+    touch_sql: Arc<str>,
+}
+
+impl fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("cookie_name", &self.cookie_name)
+            .field("secrets", &self.secrets.len())
+            .field("user_pointer", &self.user_pointer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionStore {
+    /// The cookie secrets from the environment variable named by `secrets_env`, newest first;
+    /// empty when it is unset, not UTF-8 or blank (cookie authentication is then off).
+    pub fn secrets_from_env(config: &SessionConfig) -> Vec<String> {
+        match std::env::var(&config.secrets_env) {
+            Ok(raw) => parse_secrets(&raw),
+            Err(std::env::VarError::NotPresent) => Vec::new(),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                tracing::warn!(
+                    variable = %config.secrets_env,
+                    "session secrets are not valid UTF-8; cookie authentication is off"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The store with explicit secrets, newest first. With no secret every cookie is refused.
+    pub fn with_secrets<S: AsRef<[u8]>>(
+        config: &SessionConfig,
+        db: Database,
+        secrets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        // The table name is checked as a plain identifier by the config; quote it anyway (and
+        // escape quotes) so it is always one identifier. connect-pg-simple quotes it the same way.
+        let table = format!("\"{}\"", config.table.replace('"', "\"\""));
+        Self {
+            db,
+            secrets: secrets.into_iter().map(|s| s.as_ref().to_vec()).collect(),
+            cookie_name: config.cookie_name.clone(),
+            user_pointer: config.user_pointer.clone(),
+            select_sql: format!("SELECT CAST(sess AS TEXT), expire FROM {table} WHERE sid = $1")
+                .into(),
+            touch_sql: format!("UPDATE {table} SET expire = $1 WHERE sid = $2").into(),
+        }
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    /// The session id inside a cookie value (URL-encoded, as sent by the browser), when its
+    /// signature matches one of the secrets.
+    pub fn unsign(&self, cookie_value: &str) -> Result<String, SessionError> {
+        unsign(cookie_value, &self.secrets)
+    }
+
+    /// Verifies the session cookie in `headers` and loads its session. `None` when the request
+    /// carries no such cookie.
+    pub async fn authenticate_headers(
+        &self,
+        headers: &HeaderMap,
+    ) -> Option<Result<Session, SessionError>> {
+        let value = cookie_value(headers, &self.cookie_name)?;
+        Some(self.authenticate(&value).await)
+    }
+
+    /// Verifies a cookie value and loads its session: refused when the signature does not match,
+    /// the row is missing or it has expired. An anonymous session is returned as such.
+    pub async fn authenticate(&self, cookie_value: &str) -> Result<Session, SessionError> {
+        let sid = self.unsign(cookie_value)?;
+        self.lookup(&sid).await
+    }
+
+    /// Loads the live session `sid`.
+    #[tracing::instrument(skip_all)]
+    pub async fn lookup(&self, sid: &str) -> Result<Session, SessionError> {
+        let (sess, expire) = self.fetch(sid).await?.ok_or(SessionError::Missing)?;
+        let expire = expire.and_utc();
+        if expire < Utc::now() {
+            return Err(SessionError::Expired);
+        }
+        let data = parse_sess(&sess)?;
+        Ok(Session {
+            sid: sid.to_string(),
+            user_id: user_id(&data, &self.user_pointer),
+            expire,
+            lifetime: lifetime(&data),
+            data,
+        })
+    }
+
+    /// Re-checks a live connection's session. Only a failed query (or a corrupt row) is an error.
+    #[tracing::instrument(skip_all)]
+    pub async fn recheck(&self, sid: &str) -> Result<Status, SessionError> {
+        let Some((sess, expire)) = self.fetch(sid).await? else {
+            return Ok(Status::Missing);
+        };
+        let expire = expire.and_utc();
+        if expire < Utc::now() {
+            return Ok(Status::Expired);
+        }
+        let data = parse_sess(&sess)?;
+        Ok(match user_id(&data, &self.user_pointer) {
+            Some(user_id) => Status::Active {
+                user_id,
+                expire,
+                lifetime: lifetime(&data),
+            },
+            None => Status::LoggedOut,
+        })
+    }
+
+    /// Slides a live session forward as express-session's `touch` through connect-pg-simple does:
+    /// `expire` becomes now + `lifetime` ([`Session::lifetime`], [`Status::Active`]'s `lifetime`)
+    /// and nothing else changes. Returns the new `expire` (whole microseconds, as stored).
+    /// `Missing` when the row is gone. Call it only for a session just found live: like
+    /// connect-pg-simple, it does not check whether the row has expired meanwhile.
+    #[tracing::instrument(skip_all)]
+    pub async fn extend(
+        &self,
+        sid: &str,
+        lifetime: TimeDelta,
+    ) -> Result<DateTime<Utc>, SessionError> {
+        let expire = Utc::now()
+            .trunc_subsecs(6)
+            .checked_add_signed(lifetime)
+            .ok_or(SessionError::Corrupt)?;
+        let sql = AssertSqlSafe(self.touch_sql.clone());
+        let updated = on_pool!(&self.db, |pool| {
+            sqlx::query(sql)
+                .bind(expire.naive_utc())
+                .bind(sid)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(SessionError::Database)?;
+        if updated == 0 {
+            return Err(SessionError::Missing);
+        }
+        Ok(expire)
+    }
+
+    async fn fetch(&self, sid: &str) -> Result<Option<(String, NaiveDateTime)>, SessionError> {
+        let sql = AssertSqlSafe(self.select_sql.clone());
+        on_pool!(&self.db, |pool| {
+            sqlx::query_as::<_, (String, NaiveDateTime)>(sql)
+                .bind(sid)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(SessionError::Database)
+    }
+}
+
+/// Splits the secrets variable: comma-separated, each trimmed, empty entries ignored.
+fn parse_secrets(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn unsign(cookie_value: &str, secrets: &[Vec<u8>]) -> Result<String, SessionError> {
+    if cookie_value.len() > MAX_COOKIE_BYTES {
+        return Err(SessionError::Malformed);
+    }
+    let decoded = percent_decode_str(cookie_value)
+        .decode_utf8()
+        .map_err(|_| SessionError::Malformed)?;
+    let signed = decoded.strip_prefix("s:").ok_or(SessionError::Malformed)?;
+    let (sid, signature) = signed.rsplit_once('.').ok_or(SessionError::Malformed)?;
+    if sid.is_empty() {
+        return Err(SessionError::Malformed);
+    }
+    // Strict decoding (no padding, no stray trailing bits) keeps this equivalent to
+    // cookie-signature's comparison of the exact signature text.
+    let tag = STANDARD_NO_PAD
+        .decode(signature)
+        .map_err(|_| SessionError::BadSignature)?;
+    // Every secret is tried, without stopping at the first match, so timing does not tell which
+    // one (if any) matched.
+    let matched = secrets.iter().fold(false, |matched, secret| {
+        mac(secret, sid).verify_slice(&tag).is_ok() | matched
+    });
+    if matched {
+        Ok(sid.to_string())
+    } else {
+        Err(SessionError::BadSignature)
+    }
+}
+
+fn parse_sess(sess: &str) -> Result<Map<String, Value>, SessionError> {
+    match serde_json::from_str(sess) {
+        Ok(Value::Object(data)) => Ok(data),
+        _ => Err(SessionError::Corrupt),
+    }
+}
+
+/// The user at `pointer`: a non-empty string, or a number written out. Anything else (absent,
+/// null, an object) is no user.
+fn user_id(data: &Map<String, Value>, pointer: &str) -> Option<String> {
+    let rest = pointer.strip_prefix('/')?;
+    let (first, rest) = match rest.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (rest, None),
+    };
+    let first = first.replace("~1", "/").replace("~0", "~");
+    let top = data.get(&first)?;
+    let value = match rest {
+        Some(rest) => top.pointer(&format!("/{rest}"))?,
+        None => top,
+    };
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The session's original lifetime: `cookie.originalMaxAge` milliseconds when it is a positive
+/// number, else connect-pg-simple's default ttl (a cookie without max age, or a value Express
+/// would never have produced a live row for).
+fn lifetime(data: &Map<String, Value>) -> TimeDelta {
+    let max_age = data
+        .get("cookie")
+        .and_then(|cookie| cookie.get("originalMaxAge"))
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)));
+    match max_age {
+        Some(ms) if ms > 0 => TimeDelta::try_milliseconds(ms).unwrap_or(TimeDelta::MAX),
+        _ => DEFAULT_TTL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+
+    const SID: &str = "2h9xBtQfOq7Sx3oWcG3nT_9hS1wP0b2K";
+    const SIGNED: &str =
+        "s:2h9xBtQfOq7Sx3oWcG3nT_9hS1wP0b2K.H7WJy/sE4uIK5mVISsuGXt+0uLLzjHwg4RGYOQtYLZo";
+    const ENCODED: &str =
+        "s%3A2h9xBtQfOq7Sx3oWcG3nT_9hS1wP0b2K.H7WJy%2FsE4uIK5mVISsuGXt%2B0uLLzjHwg4RGYOQtYLZo";
+
+    fn secrets(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn signs_the_known_express_vector() {
+        assert_eq!(sign(SID, "keyboard cat"), SIGNED);
+    }
+
+    #[test]
+    fn unsigns_encoded_and_plain_values() {
+        let keys = secrets(&["keyboard cat"]);
+        assert_eq!(unsign(ENCODED, &keys).unwrap(), SID);
+        assert_eq!(unsign(SIGNED, &keys).unwrap(), SID);
+    }
+
+    #[test]
+    fn splits_at_the_last_dot() {
+        let keys = secrets(&["k"]);
+        let signed = sign("a.b.c", "k");
+        assert!(signed.starts_with("s:a.b.c."));
+        assert_eq!(unsign(&signed, &keys).unwrap(), "a.b.c");
+    }
+
+    #[test]
+    fn tries_every_secret() {
+        let cookie = sign(SID, "old");
+        assert_eq!(unsign(&cookie, &secrets(&["new", "old"])).unwrap(), SID);
+        assert!(matches!(
+            unsign(&cookie, &secrets(&["new"])),
+            Err(SessionError::BadSignature)
+        ));
+        assert!(matches!(
+            unsign(&cookie, &[]),
+            Err(SessionError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn refuses_malformed_and_tampered_values() {
+        let keys = secrets(&["keyboard cat"]);
+        let cause = |v: &str| unsign(v, &keys).unwrap_err().cause();
+        assert_eq!(cause(SID), "malformed_cookie");
+        assert_eq!(cause(&SIGNED[2..]), "malformed_cookie");
+        assert_eq!(cause("s:no-signature"), "malformed_cookie");
+        assert_eq!(cause("s:.H7WJy"), "malformed_cookie");
+        assert_eq!(cause("s%3A%FF%FE.abc"), "malformed_cookie");
+        assert_eq!(cause(&"a".repeat(MAX_COOKIE_BYTES + 1)), "malformed_cookie");
+        // Another sid under the same signature.
+        assert_eq!(cause(&SIGNED.replace("2h9x", "2h9y")), "bad_signature");
+        // A flipped signature character, padding, URL-safe alphabet, and non-zero trailing bits
+        // (`LZp` decodes to the same bytes as `LZo` under a lenient decoder).
+        assert_eq!(cause(&SIGNED.replace("H7WJy", "H7WJz")), "bad_signature");
+        assert_eq!(cause(&format!("{SIGNED}=")), "bad_signature");
+        assert_eq!(
+            cause(&SIGNED.replace('/', "_").replace('+', "-")),
+            "bad_signature"
+        );
+        assert_eq!(cause(&SIGNED.replace("LZo", "LZp")), "bad_signature");
+        assert_eq!(cause(&SIGNED[..SIGNED.len() - 1]), "bad_signature");
+    }
+
+    #[test]
+    fn reads_the_cookie_like_the_cookie_package() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("theme=dark; x=1"));
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static(" connect.sid = \"s%3Afirst\" ;connect.sid=s%3Asecond"),
+        );
+        assert_eq!(
+            cookie_value(&headers, "connect.sid").as_deref(),
+            Some("s%3Afirst")
+        );
+        assert_eq!(cookie_value(&headers, "theme").as_deref(), Some("dark"));
+        assert_eq!(cookie_value(&headers, "connect"), None);
+        assert_eq!(cookie_value(&HeaderMap::new(), "connect.sid"), None);
+    }
+
+    #[test]
+    fn finds_string_and_numeric_users() {
+        let data = |v: Value| v.as_object().unwrap().clone();
+        let p = "/passport/user";
+        assert_eq!(
+            user_id(&data(json!({"passport": {"user": "u-1"}})), p).as_deref(),
+            Some("u-1")
+        );
+        assert_eq!(
+            user_id(&data(json!({"passport": {"user": 42}})), p).as_deref(),
+            Some("42")
+        );
+        for anonymous in [
+            json!({}),
+            json!({"passport": {}}),
+            json!({"passport": {"user": null}}),
+            json!({"passport": {"user": ""}}),
+            json!({"passport": {"user": {"id": 1}}}),
+        ] {
+            assert_eq!(user_id(&data(anonymous), p), None);
+        }
+        assert_eq!(
+            user_id(&data(json!({"a/b": {"~": "x"}})), "/a~1b/~0").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            user_id(&data(json!({"uid": "top"})), "/uid").as_deref(),
+            Some("top")
+        );
+    }
+
+    #[test]
+    fn lifetime_is_the_original_max_age_or_a_day() {
+        let data = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            lifetime(&data(json!({"cookie": {"originalMaxAge": 3_600_000}}))),
+            TimeDelta::hours(1)
+        );
+        assert_eq!(
+            lifetime(&data(json!({"cookie": {"originalMaxAge": 1500.0}}))),
+            TimeDelta::milliseconds(1500)
+        );
+        for default in [
+            json!({}),
+            json!({"cookie": {}}),
+            json!({"cookie": {"originalMaxAge": null}}),
+            json!({"cookie": {"originalMaxAge": -5}}),
+        ] {
+            assert_eq!(lifetime(&data(default)), DEFAULT_TTL);
+        }
+    }
+
+    #[test]
+    fn secrets_are_split_trimmed_and_never_shown() {
+        assert_eq!(
+            parse_secrets(" new secret , old,,"),
+            vec!["new secret", "old"]
+        );
+        assert!(parse_secrets(" , ").is_empty());
+        for error in [
+            SessionError::Malformed,
+            SessionError::BadSignature,
+            SessionError::Missing,
+            SessionError::Expired,
+            SessionError::Corrupt,
+        ] {
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(SID) && !shown.contains("keyboard"));
+        }
+        let session = Session {
+            sid: SID.into(),
+            user_id: Some("u".into()),
+            expire: Utc::now(),
+            lifetime: DEFAULT_TTL,
+            data: Map::new(),
+        };
+        assert!(!format!("{session:?}").contains(SID));
+        let identity = session.identity().unwrap();
+        assert_eq!(identity.claims["sub"], "u");
+        assert_eq!(identity.method, Method::Session);
+    }
+}

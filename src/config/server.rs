@@ -78,9 +78,18 @@ pub struct Auth {
     /// that is later is closed with 4408.
     pub connection_init_timeout: Duration,
     /// Origins allowed to open a WebSocket (exact match). Unset (the default): the same list as
-    /// `server.cors.allowed_origins`.
+    /// `server.cors.allowed_origins`. An upgrade from another origin gets HTTP 403 before the
+    /// handshake, and is audited as `origin_rejected`.
     #[validate(custom(function = "super::checks::origins"))]
     pub allowed_origins: Option<Vec<String>>,
+    /// Which upgrades must come from an allowed origin. Default `with_cookie`: every upgrade that
+    /// carries a cookie (cross-site WebSocket hijacking rides on cookies). `always`: token-only
+    /// clients too, so a client without an `Origin` header is refused.
+    pub check_origin: OriginCheck,
+    /// Role (in the roles claim, `topics.roles_claim`) allowed to call `POST /admin/revoke`.
+    /// Default `admin`.
+    #[validate(length(min = 1))]
+    pub admin_role: String,
     /// JSON Web Tokens.
     #[validate(nested)]
     pub jwt: Jwt,
@@ -95,10 +104,22 @@ impl Default for Auth {
             required: true,
             connection_init_timeout: Duration::secs(10),
             allowed_origins: None,
+            check_origin: OriginCheck::WithCookie,
+            admin_role: "admin".into(),
             jwt: Jwt::default(),
             session: Session::default(),
         }
     }
+}
+
+/// Which WebSocket upgrades are held to `auth.allowed_origins`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginCheck {
+    /// Upgrades that carry a cookie.
+    WithCookie,
+    /// Every upgrade.
+    Always,
 }
 
 /// JWT verification.
@@ -122,8 +143,13 @@ pub struct Jwt {
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`. Default `30s`.
     pub leeway: Duration,
-    /// How long before `exp` a live connection is told its token is expiring. Default `60s`.
+    /// How long before `exp` a live connection is told its token is expiring (a `TOKEN_EXPIRING`
+    /// notice). Default `60s`. Without a `refreshAuth`, the connection is closed with 4403 at
+    /// `exp` + `leeway`.
     pub expiry_warning: Duration,
+    /// Whether a WebSocket may pass its token as the `access_token` query parameter. Default
+    /// `false`: URLs end up in proxy and access logs.
+    pub allow_query_token: bool,
 }
 
 impl Default for Jwt {
@@ -137,6 +163,7 @@ impl Default for Jwt {
             audience: None,
             leeway: Duration::secs(30),
             expiry_warning: Duration::secs(60),
+            allow_query_token: false,
         }
     }
 }

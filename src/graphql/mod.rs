@@ -1,6 +1,7 @@
 //! The GraphQL schema and what every operation can see: the bus, this instance, and the identity
 //! of whoever sent it.
 
+mod connection;
 mod observe;
 mod types;
 
@@ -10,15 +11,24 @@ use std::time::Instant;
 use async_graphql::{Context, ErrorExtensions, Schema};
 
 use crate::audit::{Audit, Entry, Severity};
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::topics::{self, Action, Decision};
+use crate::transport::control::ConnectionHandle;
 
-pub use types::{Mutation, Query, Subscription};
+pub use types::Query;
+
+use async_graphql::{MergedObject, MergedSubscription};
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(types::EventMutation, connection::ConnectionMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(types::EventSubscription, connection::ConnectionSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
@@ -35,6 +45,8 @@ pub struct Caller {
     /// The WebSocket connection id; `None` for HTTP requests.
     pub connection_id: Option<String>,
     pub ip: Option<String>,
+    /// The WebSocket connection itself, for notices and `refreshAuth`.
+    pub connection: Option<ConnectionHandle>,
 }
 
 /// Checks a topic rule for the caller; a denial is audited and answered with FORBIDDEN on this
@@ -71,6 +83,7 @@ pub async fn authorize(
 /// What resolvers reach through the schema data.
 pub struct Services {
     pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
     pub bus: Arc<dyn Bus>,
     pub db: Database,
     pub audit: Audit,
@@ -82,6 +95,7 @@ pub struct Services {
 pub fn build(services: Services) -> AppSchema {
     let Services {
         config,
+        auth,
         bus,
         db,
         audit,
@@ -89,7 +103,8 @@ pub fn build(services: Services) -> AppSchema {
         metrics,
     } = services;
     let payload = &config.payload;
-    let mut builder = Schema::build(Query, Mutation, Subscription)
+    let mut builder = Schema::build(Query, Mutation::default(), Subscription::default())
+        .data(auth)
         .data(bus)
         .data(db)
         .data(audit)
@@ -110,5 +125,7 @@ pub fn build(services: Services) -> AppSchema {
 
 /// The schema in SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(Query, Mutation, Subscription).finish().sdl()
+    Schema::build(Query, Mutation::default(), Subscription::default())
+        .finish()
+        .sdl()
 }

@@ -53,10 +53,11 @@ pub struct Me {
     claims: Json<Value>,
 }
 
-pub struct Mutation;
+#[derive(Default)]
+pub struct EventMutation;
 
 #[Object]
-impl Mutation {
+impl EventMutation {
     /// Publishes an event into a topic; every subscriber of the topic receives it. Needs a
     /// `publish` grant of the topic's rule (FORBIDDEN otherwise).
     async fn publish(
@@ -77,10 +78,11 @@ impl Mutation {
     }
 }
 
-pub struct Subscription;
+#[derive(Default)]
+pub struct EventSubscription;
 
 #[SubscriptionRoot]
-impl Subscription {
+impl EventSubscription {
     /// Events of a topic. With `after` (an event id), events published since then are replayed
     /// first; if more were missed than can be replayed, a `GAP` event comes first. Needs a
     /// `subscribe` grant of the topic's rule (FORBIDDEN otherwise).

@@ -1,5 +1,5 @@
-//! One WebSocket connection, from the upgrade to its log row: init and authentication, the
-//! operation table, keepalive, and the close.
+//! One WebSocket connection, from the upgrade to its log row: the loop that multiplexes client
+//! messages, keepalive, credential deadlines, control messages and the close.
 
 use std::time::Duration;
 
@@ -8,9 +8,11 @@ use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use serde_json::json;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
+use super::control::{ConnectionHandle, Control, Notice, NoticeKind};
+use super::lifetime::Lifetime;
 use super::operations::{Operations, Refused};
 use super::outbox::Outbox;
 use super::protocol::{self, Close, code};
@@ -18,6 +20,7 @@ use crate::audit::{Entry, Severity};
 use crate::auth::Identity;
 use crate::connlog;
 use crate::graphql::Caller;
+use crate::registry::{IpSlot, UserSlot};
 use crate::startup::AppState;
 
 /// Reason prefix of closes the client started.
@@ -27,11 +30,19 @@ const CLIENT_CLOSED: &str = "Closed by client: ";
 /// client's answering close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 
+/// Between a notice (REPLACED, REVOKED, …) and the close it announces, so the notice's
+/// subscription gets to deliver it first.
+const NOTICE_GRACE: Duration = Duration::from_millis(250);
+
 /// What the upgrade request told us about the client.
 pub struct Peer {
     pub ip: String,
     pub user_agent: Option<String>,
     pub headers: HeaderMap,
+    /// The `access_token` query parameter, when `auth.jwt.allow_query_token` is on.
+    pub query_token: Option<String>,
+    /// This connection's share of `connections.max_per_ip`, released when it is dropped.
+    pub _ip_slot: IpSlot,
 }
 
 /// Serves the connection to its end, then completes its connection-log row.
@@ -53,6 +64,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     let (sink, mut stream) = socket.split();
     let (outbox, closing, writer) =
         Outbox::start(sink, state.config.connections.send_queue as usize);
+    let (handle, control) = ConnectionHandle::new(id.clone());
     let mut connection = Connection {
         state: state.clone(),
         peer,
@@ -60,11 +72,15 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         id: id.clone(),
         span: span.clone(),
         outbox,
+        handle,
         identity: None,
+        user_slot: None,
+        lifetime: Lifetime::none(),
+        close_at: None,
     };
-    let close = connection.run(&mut stream, closing).await;
+    let close = connection.run(&mut stream, closing, control).await;
     // Dropping the connection releases the outbox (its operations were aborted when `run`
-    // returned), so the writer ends once it has sent the close frame.
+    // returned) and its registry slots, so the writer ends once it has sent the close frame.
     drop(connection);
     let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
     if close.code != code::ABNORMAL && !close.reason.starts_with(CLIENT_CLOSED) {
@@ -91,22 +107,30 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     }
 }
 
-struct Connection {
-    state: AppState,
-    peer: Peer,
-    protocol: Protocols,
-    id: String,
-    span: tracing::Span,
-    outbox: Outbox,
+pub(super) struct Connection {
+    pub(super) state: AppState,
+    pub(super) peer: Peer,
+    pub(super) protocol: Protocols,
+    pub(super) id: String,
+    pub(super) span: tracing::Span,
+    pub(super) outbox: Outbox,
+    /// How resolvers and the registry reach this connection.
+    pub(super) handle: ConnectionHandle,
     /// Set by a successful `connection_init`; `Some(None)` is an accepted anonymous connection.
-    identity: Option<Option<Identity>>,
+    pub(super) identity: Option<Option<Identity>>,
+    /// This connection's share of `connections.max_per_user`, once authenticated.
+    pub(super) user_slot: Option<UserSlot>,
+    pub(super) lifetime: Lifetime,
+    /// A close announced by a notice, due after `NOTICE_GRACE`.
+    pub(super) close_at: Option<(Instant, Close)>,
 }
 
 impl Connection {
     async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        mut closing: tokio::sync::watch::Receiver<Option<Close>>,
+        mut closing: watch::Receiver<Option<Close>>,
+        mut control: mpsc::Receiver<Control>,
     ) -> Close {
         let connections = &self.state.config.connections;
         let init_deadline = sleep(self.state.config.auth.connection_init_timeout.get());
@@ -125,6 +149,11 @@ impl Connection {
                 biased;
                 _ = closing.changed() => break,
                 _ = shutdown.cancelled() => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
+                _ = Lifetime::until(self.close_at.as_ref().map(|(at, _)| *at)) => {
+                    if let Some((_, close)) = self.close_at.take() {
+                        self.outbox.close(close);
+                    }
+                }
                 _ = &mut init_deadline, if self.identity.is_none() => {
                     self.outbox.close(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout"));
                 }
@@ -139,6 +168,18 @@ impl Connection {
                         self.outbox.text(protocol::keep_alive());
                     }
                 }
+                _ = Lifetime::until(self.lifetime.warn_at) => {
+                    self.lifetime.warn_at = None;
+                    let mut notice = Notice::new(NoticeKind::TokenExpiring, "The token expires soon: call refreshAuth to stay connected");
+                    notice.expires_at = self.lifetime.expires_at_utc;
+                    self.handle.notify(notice);
+                }
+                _ = Lifetime::until(self.lifetime.expire_at) => {
+                    self.lifetime.expire_at = None;
+                    self.outbox.close(Close::new(code::FORBIDDEN, "Token expired"));
+                }
+                _ = self.lifetime.revalidation() => self.recheck_session().await,
+                Some(message) = control.recv() => self.control(message),
                 Some(close) = operations.reap() => {
                     tracing::error!(parent: &self.span, "an operation panicked");
                     self.outbox.close(close);
@@ -194,57 +235,29 @@ impl Connection {
         }
     }
 
-    async fn init(&mut self, payload: Option<serde_json::Value>) {
-        if self.identity.is_some() {
-            return self.outbox.close(Close::new(
-                code::TOO_MANY_INIT,
-                "Too many initialisation requests",
-            ));
-        }
-        match self
-            .state
-            .auth
-            .connection(payload.as_ref(), &self.peer.headers)
-        {
-            Ok(identity) => {
-                let user_id = identity.as_ref().map(|i| i.user_id.clone());
-                if let Some(user) = &user_id {
-                    self.span.record("user_id", user.as_str());
-                    if let Err(error) = connlog::identified(&self.state.db, &self.id, user).await {
-                        tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
-                    }
-                }
-                self.audit(
-                    "socket.authenticated",
-                    Severity::Info,
-                    user_id,
-                    json!({ "method": identity.as_ref().map_or("anonymous", |i| i.method.as_str()) }),
-                );
-                self.state
-                    .metrics
-                    .connections_total
-                    .with_label_values(&["accepted"])
-                    .inc();
-                self.identity = Some(identity);
-                self.outbox.text(protocol::connection_ack());
+    pub(super) fn control(&mut self, message: Control) {
+        match message {
+            Control::Close {
+                notice: Some(notice),
+                close,
+            } => {
+                self.handle.notify(notice);
+                self.close_at
+                    .get_or_insert((Instant::now() + NOTICE_GRACE, close));
             }
-            Err(failure) => {
-                tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
+            Control::Close {
+                notice: None,
+                close,
+            } => self.outbox.close(close),
+            Control::Refresh(identity) => {
+                self.lifetime = Lifetime::of(&identity, &self.state.config);
                 self.audit(
-                    "socket.auth_failed",
-                    Severity::Warn,
-                    None,
-                    json!({ "cause": failure.to_string() }),
+                    "socket.refreshed",
+                    Severity::Info,
+                    Some(identity.user_id.clone()),
+                    serde_json::json!({}),
                 );
-                self.state
-                    .metrics
-                    .connections_total
-                    .with_label_values(&["auth_failed"])
-                    .inc();
-                if self.protocol == Protocols::SubscriptionsTransportWS {
-                    self.outbox.text(protocol::connection_error("Forbidden"));
-                }
-                self.outbox.close(Close::new(code::FORBIDDEN, "Forbidden"));
+                self.identity = Some(Some(identity));
             }
         }
     }
@@ -259,6 +272,7 @@ impl Connection {
             identity: identity.clone(),
             connection_id: Some(self.id.clone()),
             ip: Some(self.peer.ip.clone()),
+            connection: Some(self.handle.clone()),
         };
         let started = operations.start(
             id.clone(),
@@ -295,7 +309,7 @@ impl Connection {
         }
     }
 
-    fn audit(
+    pub(super) fn audit(
         &self,
         action: &'static str,
         severity: Severity,

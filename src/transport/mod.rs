@@ -4,6 +4,9 @@
 //! execution and fan-out in `operations`.
 
 mod connection;
+pub mod control;
+mod init;
+mod lifetime;
 mod operations;
 mod outbox;
 pub mod protocol;
@@ -14,17 +17,23 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::audit::{Entry, Severity};
+use crate::config::{Config, OriginCheck};
+use crate::registry::Refusal;
 use crate::startup::AppState;
+use serde_json::json;
 
 /// Outgoing bytes tungstenite may buffer for a client beyond the messages queued in the outbox.
 const WRITE_BUFFER_SLACK: usize = 1 << 20;
 
-/// Answers `GET <graphql_path>` with `Upgrade: websocket`: refuses unknown subprotocols before
-/// the 101, sets the size limits, and hands the socket to the connection loop.
+/// Answers `GET <graphql_path>` with `Upgrade: websocket`. Before the 101: the subprotocol
+/// (400), the origin (403), the per-IP limits (429); then the size limits are set and the socket
+/// goes to the connection loop.
 pub fn upgrade(
     state: AppState,
     peer: SocketAddr,
     headers: HeaderMap,
+    query: Option<&str>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let requested = headers
@@ -32,18 +41,49 @@ pub fn upgrade(
         .iter()
         .filter_map(|v| v.to_str().ok());
     let Some(protocol) = protocol::negotiate(requested) else {
-        state
-            .metrics
-            .connections_total
-            .with_label_values(&["protocol_rejected"])
-            .inc();
+        count(&state, "protocol_rejected");
         return (
             StatusCode::BAD_REQUEST,
             "Unsupported WebSocket subprotocol: offer graphql-transport-ws (or legacy graphql-ws)",
         )
             .into_response();
     };
+    if let Err(origin) = origin_allowed(&state.config, &headers) {
+        count(&state, "origin_rejected");
+        tracing::warn!(ip = %peer.ip(), origin = %origin, "WebSocket upgrade from a foreign origin refused");
+        state.audit.record(Entry {
+            action: "origin_rejected",
+            severity: Severity::Warn,
+            user_id: None,
+            connection_id: None,
+            ip: Some(peer.ip().to_string()),
+            metadata: json!({ "origin": origin }),
+        });
+        return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
+    }
+    let ip_slot = match state.registry.admit_ip(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            count(&state, "limit_rejected");
+            tracing::warn!(ip = %peer.ip(), ?refusal, "WebSocket upgrade refused by a per-IP limit");
+            let retry_after = match refusal {
+                Refusal::IpRate { retry_after } | Refusal::UserRate { retry_after } => {
+                    retry_after.as_secs().max(1)
+                }
+                Refusal::IpFull | Refusal::UserFull => 60,
+            };
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry_after.to_string())],
+                "Too many connections from this address",
+            )
+                .into_response();
+        }
+    };
     let max_message = state.config.payload.max_message_bytes.bytes();
+    let query_token = query
+        .filter(|_| state.config.auth.jwt.allow_query_token)
+        .and_then(access_token);
     let peer = connection::Peer {
         ip: peer.ip().to_string(),
         user_agent: headers
@@ -51,6 +91,8 @@ pub fn upgrade(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         headers,
+        query_token,
+        _ip_slot: ip_slot,
     };
     let tracker = state.tracker.clone();
     ws.protocols([protocol.sec_websocket_protocol()])
@@ -60,5 +102,45 @@ pub fn upgrade(
         // Tracked so that shutdown waits for every connection to close and write its log row.
         .on_upgrade(move |socket| {
             tracker.track_future(connection::serve(socket, state, peer, protocol))
+        })
+}
+
+fn count(state: &AppState, outcome: &str) {
+    state
+        .metrics
+        .connections_total
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+/// Cross-site WebSocket hijacking rides on cookies the browser attaches by itself, so upgrades
+/// carrying a cookie (and, with `check_origin: always`, every upgrade) must come from an allowed
+/// origin. Returns the offending origin (`<none>` when missing).
+fn origin_allowed(config: &Config, headers: &HeaderMap) -> Result<(), String> {
+    let must_check =
+        config.auth.check_origin == OriginCheck::Always || headers.contains_key(header::COOKIE);
+    if !must_check {
+        return Ok(());
+    }
+    let allowed = config
+        .auth
+        .allowed_origins
+        .as_ref()
+        .unwrap_or(&config.server.cors.allowed_origins);
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) if allowed.iter().any(|a| a == origin) => Ok(()),
+        Some(origin) => Err(origin.chars().take(200).collect()),
+        None => Err("<none>".into()),
+    }
+}
+
+fn access_token(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .map(|raw| {
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8_lossy()
+                .into_owned()
         })
 }

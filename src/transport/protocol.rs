@@ -34,13 +34,20 @@ pub mod code {
     pub const GOING_AWAY: u16 = 1001;
     /// The connection dropped without a close frame.
     pub const ABNORMAL: u16 = 1006;
+    /// Policy: replaced by a newer connection of the same user, or too many connections for the
+    /// user. The stock client does not reconnect, so two tabs cannot evict each other forever.
+    pub const POLICY: u16 = 1008;
     /// A message exceeded `payload.max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;
+    /// The user reconnected too often (`connections.reconnects_per_minute`); the stock client
+    /// retries with its backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// A message was not valid JSON or not a known message type.
     pub const BAD_REQUEST: u16 = 4400;
     /// `subscribe` before `connection_ack`.
     pub const UNAUTHORIZED: u16 = 4401;
-    /// Authentication failed (same reason text for every cause).
+    /// Authentication failed (reason `Forbidden` for every cause), or the credentials stopped
+    /// being valid (`Token expired`, `Session expired`, `Revoked`).
     pub const FORBIDDEN: u16 = 4403;
     /// No `connection_init` within `auth.connection_init_timeout`.
     pub const INIT_TIMEOUT: u16 = 4408;

@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The Express cookie secret test servers accept.
+pub const SESSION_SECRET: &str = "keyboard cat";
+
 /// How long a test waits for any single expected message.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -86,6 +89,7 @@ async fn spawn(
         database,
         redis_url,
         jwt_secret: secret.clone(),
+        session_secrets: vec![SESSION_SECRET.to_string()],
     };
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.local_addr();
@@ -115,14 +119,39 @@ impl TestApp {
     }
 
     pub fn token_with(&self, sub: &str, claims: Map<String, Value>) -> String {
-        jwt::mint(
-            &self.secret,
-            &self.state.config.auth.jwt,
-            sub,
-            claims,
-            Duration::from_secs(600),
-        )
-        .unwrap()
+        self.token_for(sub, claims, Duration::from_secs(600))
+    }
+
+    pub fn token_for(&self, sub: &str, claims: Map<String, Value>, ttl: Duration) -> String {
+        jwt::mint(&self.secret, &self.state.config.auth.jwt, sub, claims, ttl).unwrap()
+    }
+
+    /// Attempts an upgrade with extra request headers; the HTTP status when it is refused.
+    pub async fn try_ws(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, u16> {
+        let mut request = format!("ws://{}{path_and_query}", self.addr)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, _)) => Ok(WsClient { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(other) => panic!("upgrade failed: {other}"),
+        }
     }
 
     /// Opens a WebSocket offering `protocol`, without sending anything.

@@ -52,5 +52,10 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_without_slowin
         let event = fast.recv().await;
         assert_eq!(event["payload"]["data"]["events"]["payload"]["n"], n);
     }
-    assert_eq!(slow.closed().await.0, 4503);
+    // A client that never reads cannot be handed a close frame either (its buffers are full); what
+    // counts is that the server closed it as a slow consumer while the fast one kept up.
+    drop((slow, fast));
+    let rows = crate::helpers::closed_connection_rows(&app.state.db).await;
+    let codes: Vec<_> = rows.iter().map(|r| (r.0.as_deref(), r.3)).collect();
+    assert!(codes.contains(&(Some("slow"), Some(4503))), "{codes:?}");
 }

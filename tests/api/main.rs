@@ -1,6 +1,7 @@
 //! One integration-test binary: every suite spawns real servers and talks to them over sockets.
 
 mod cli;
+mod connection_limits;
 mod connection_log;
 mod graphql_ws;
 mod helpers;
@@ -8,6 +9,8 @@ mod http;
 mod legacy_protocol;
 mod lifecycle;
 mod limits;
+mod live_auth;
 mod postgres;
 mod schema;
+mod session;
 mod topics;

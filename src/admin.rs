@@ -1,0 +1,63 @@
+//! `POST /admin/revoke`: closes every connection of a user or of a session, for logouts and
+//! incident response. Callers present a JWT whose roles include `auth.admin_role`.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{Entry, Severity};
+use crate::error::{Error, Result};
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    user_id: Option<String>,
+    session_id: Option<String>,
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<Revoke>,
+) -> Result<Json<Value>> {
+    let admin = state
+        .auth
+        .http(&headers)
+        .map_err(|_| Error::Unauthenticated)?
+        .ok_or(Error::Unauthenticated)?;
+    let roles = admin.claims.get(&state.config.topics.roles_claim);
+    let is_admin = roles.and_then(Value::as_array).is_some_and(|r| {
+        r.iter()
+            .any(|v| v.as_str() == Some(&state.config.auth.admin_role))
+    });
+    if !is_admin {
+        return Err(Error::Forbidden(format!(
+            "needs the `{}` role",
+            state.config.auth.admin_role
+        )));
+    }
+    if body.user_id.is_none() && body.session_id.is_none() {
+        return Err(Error::BadUserInput(
+            "name a user_id, a session_id, or both".into(),
+        ));
+    }
+    let closed = state
+        .registry
+        .revoke(body.user_id.as_deref(), body.session_id.as_deref());
+    state.audit.record(Entry {
+        action: "socket.revoked",
+        severity: Severity::Warn,
+        user_id: body.user_id.clone(),
+        connection_id: None,
+        ip: Some(peer.ip().to_string()),
+        // The session id is a credential: only whether one was named is recorded.
+        metadata: json!({ "by": admin.user_id, "by_session": body.session_id.is_some(), "connections": closed }),
+    });
+    Ok(Json(json!({ "closed": closed })))
+}

@@ -1,0 +1,110 @@
+//! Operations about the connection itself: its notices, and refreshing its credentials.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ErrorExtensions, Object, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::Caller;
+use crate::auth::Authenticator;
+use crate::error::Error;
+use crate::transport::control::{ConnectionHandle, Control, Notice, NoticeKind};
+
+/// Something the server tells a connection about its own state.
+#[derive(SimpleObject)]
+pub struct ConnectionNotice {
+    kind: NoticeKind,
+    message: String,
+    at: DateTime<Utc>,
+    /// For `TOKEN_EXPIRING`: when the connection closes unless `refreshAuth` is called.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<Notice> for ConnectionNotice {
+    fn from(n: Notice) -> Self {
+        Self {
+            kind: n.kind,
+            message: n.message,
+            at: n.at,
+            expires_at: n.expires_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Refreshed {
+    /// When the new credentials expire.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+fn connection<'a>(
+    ctx: &'a Context<'_>,
+) -> async_graphql::Result<(&'a Caller, &'a ConnectionHandle)> {
+    let caller = ctx.data_opt::<Caller>();
+    match caller.and_then(|c| c.connection.as_ref().map(|h| (c, h))) {
+        Some(found) => Ok(found),
+        None => {
+            Err(Error::BadUserInput("only available over a WebSocket connection".into()).extend())
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ConnectionSubscription;
+
+#[Subscription]
+impl ConnectionSubscription {
+    /// Notices about this connection: `TOKEN_EXPIRING` before the token expires, and
+    /// `SESSION_EXPIRED`, `REPLACED` or `REVOKED` just before the server closes it.
+    async fn connection_notices(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = ConnectionNotice> + use<>> {
+        let (_, handle) = connection(ctx)?;
+        let notices = futures_util::stream::unfold(handle.notices(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(notice) => return Some((ConnectionNotice::from(notice), rx)),
+                    // Only the newest notices matter; skip what a slow reader missed.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(notices.boxed())
+    }
+}
+
+#[derive(Default)]
+pub struct ConnectionMutation;
+
+#[Object]
+impl ConnectionMutation {
+    /// Swaps in a new token for the same user on this connection, keeping its subscriptions and
+    /// moving its expiry. Over WebSocket only.
+    async fn refresh_auth(
+        &self,
+        ctx: &Context<'_>,
+        token: String,
+    ) -> async_graphql::Result<Refreshed> {
+        let (caller, handle) = connection(ctx)?;
+        let auth = ctx.data_unchecked::<Arc<Authenticator>>();
+        let identity = auth
+            .token(&token)
+            .map_err(|_| Error::Unauthenticated.extend())?;
+        let current = caller.identity.as_ref().map(|i| i.user_id.as_str());
+        if current != Some(identity.user_id.as_str()) {
+            return Err(Error::Forbidden("the new token belongs to another user".into()).extend());
+        }
+        let expires_at = identity.expires_at;
+        if !handle.send(Control::Refresh(identity)) {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "the connection did not take the refresh"
+            ))
+            .extend());
+        }
+        Ok(Refreshed { expires_at })
+    }
+}

@@ -1,0 +1,107 @@
+//! How the rest of the server reaches a live connection: notices for its `connectionNotices`
+//! subscriptions, and control messages (close it, swap in refreshed credentials) for its loop.
+
+use async_graphql::Enum;
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc};
+
+use super::protocol::Close;
+use crate::auth::Identity;
+
+/// Control messages queued per connection. Senders are administrative (revocation, a newer
+/// connection of the same user, `refreshAuth`), so a small queue suffices; a full one means the
+/// connection is already being told to go.
+const CONTROL_QUEUE: usize = 16;
+
+/// Notices buffered for slow `connectionNotices` subscribers; older ones are dropped first.
+const NOTICE_BUFFER: usize = 16;
+
+/// What a connection is told about its own state.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// The token expires soon; call `refreshAuth` to keep the connection.
+    TokenExpiring,
+    /// The session was logged out or expired; the connection is closing.
+    SessionExpired,
+    /// A newer connection of the same user replaced this one; it is closing and should not
+    /// reconnect.
+    Replaced,
+    /// An administrator revoked the user's or session's access; the connection is closing.
+    Revoked,
+}
+
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    pub message: String,
+    pub at: DateTime<Utc>,
+    /// For `TOKEN_EXPIRING`: when the connection will be closed.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Notice {
+    pub fn new(kind: NoticeKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            at: Utc::now(),
+            expires_at: None,
+        }
+    }
+}
+
+pub enum Control {
+    /// Tell the client why (if `notice`), then close.
+    Close {
+        notice: Option<Notice>,
+        close: Close,
+    },
+    /// Credentials refreshed over the same connection (same subject).
+    Refresh(Identity),
+}
+
+/// A cheap handle to one connection, held by the registry and by the connection's operations.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    pub id: String,
+    control: mpsc::Sender<Control>,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl ConnectionHandle {
+    /// A handle and the receiving end the connection loop selects on.
+    pub fn new(id: String) -> (Self, mpsc::Receiver<Control>) {
+        let (control, rx) = mpsc::channel(CONTROL_QUEUE);
+        (
+            Self {
+                id,
+                control,
+                notices: broadcast::channel(NOTICE_BUFFER).0,
+            },
+            rx,
+        )
+    }
+
+    /// False when the connection is gone or already swamped with control messages.
+    pub fn send(&self, control: Control) -> bool {
+        self.control.try_send(control).is_ok()
+    }
+
+    pub fn notify(&self, notice: Notice) {
+        // No subscriber is fine: the client chose not to listen.
+        let _ = self.notices.send(notice);
+    }
+
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Control::Close { close, .. } => write!(f, "Close({})", close.code),
+            Control::Refresh(_) => write!(f, "Refresh"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `connection_init`: authenticate, admit the user under the connection limits, then acknowledge.
+
+use serde_json::{Value, json};
+
+use chrono::Utc;
+
+use super::connection::Connection;
+use super::control::{Control, Notice, NoticeKind};
+use super::lifetime::Lifetime;
+use super::protocol::{self, Close, code};
+use crate::audit::Severity;
+use crate::auth::session::Status;
+use crate::connlog;
+use crate::registry::Refusal;
+
+impl Connection {
+    pub(super) async fn init(&mut self, payload: Option<Value>) {
+        if self.identity.is_some() {
+            return self.outbox.close(Close::new(
+                code::TOO_MANY_INIT,
+                "Too many initialisation requests",
+            ));
+        }
+        let authenticated = self
+            .state
+            .auth
+            .connection(
+                payload.as_ref(),
+                &self.peer.headers,
+                self.peer.query_token.as_deref(),
+            )
+            .await;
+        let identity = match authenticated {
+            Ok(identity) => identity,
+            Err(failure) => {
+                tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
+                self.audit(
+                    "socket.auth_failed",
+                    Severity::Warn,
+                    None,
+                    json!({ "cause": failure.to_string(), "user_agent": self.peer.user_agent }),
+                );
+                self.count("auth_failed");
+                if self.protocol
+                    == async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS
+                {
+                    self.outbox.text(protocol::connection_error("Forbidden"));
+                }
+                // The same reason whatever the cause: an attacker learns nothing.
+                return self.outbox.close(Close::new(code::FORBIDDEN, "Forbidden"));
+            }
+        };
+        if let Some(identity) = &identity {
+            let admitted = self.state.registry.admit_user(
+                &identity.user_id,
+                self.handle.clone(),
+                identity.session_id.clone(),
+            );
+            match admitted {
+                Ok((slot, replaced)) => {
+                    self.user_slot = Some(slot);
+                    if let Some(old) = replaced {
+                        self.audit(
+                            "socket.replaced",
+                            Severity::Info,
+                            Some(identity.user_id.clone()),
+                            json!({ "replaced_connection": old }),
+                        );
+                    }
+                }
+                Err(refusal) => {
+                    let close = match refusal {
+                        Refusal::UserRate { retry_after } => Close::new(
+                            code::TRY_AGAIN_LATER,
+                            format!(
+                                "Too many new connections for this user: retry in {}s",
+                                retry_after.as_secs().max(1)
+                            ),
+                        ),
+                        _ => Close::new(code::POLICY, "Too many connections for this user"),
+                    };
+                    tracing::warn!(parent: &self.span, user_id = %identity.user_id, reason = %close.reason, "connection limit reached");
+                    self.audit(
+                        "socket.limit_rejected",
+                        Severity::Warn,
+                        Some(identity.user_id.clone()),
+                        json!({ "reason": close.reason }),
+                    );
+                    self.count("limit_rejected");
+                    return self.outbox.close(close);
+                }
+            }
+            self.span.record("user_id", identity.user_id.as_str());
+            if let Err(error) =
+                connlog::identified(&self.state.db, &self.id, &identity.user_id).await
+            {
+                tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
+            }
+            self.lifetime = Lifetime::of(identity, &self.state.config);
+        }
+        let method = identity.as_ref().map_or("anonymous", |i| i.method.as_str());
+        self.audit(
+            "socket.authenticated",
+            Severity::Info,
+            identity.as_ref().map(|i| i.user_id.clone()),
+            json!({ "method": method }),
+        );
+        self.count("accepted");
+        self.identity = Some(identity);
+        self.outbox.text(protocol::connection_ack());
+    }
+
+    /// Re-checks a session connection's session: a logged-out or expired session gets
+    /// `SESSION_EXPIRED` and a 4403 close; a live one close to its expiry is extended by its original
+    /// lifetime, as the Express app does for an active user. A database error keeps the connection:
+    /// the next check decides.
+    pub(super) async fn recheck_session(&mut self) {
+        let Some(Some(identity)) = &self.identity else {
+            return;
+        };
+        let (Some(store), Some(sid)) = (self.state.auth.sessions(), identity.session_id.clone())
+        else {
+            return;
+        };
+        let user = identity.user_id.clone();
+        match store.recheck(&sid).await {
+            Ok(Status::Active {
+                user_id,
+                expire,
+                lifetime,
+            }) if user_id == user => {
+                let refresh_within = self.state.config.auth.session.refresh_within.get();
+                let due = (expire - Utc::now()).to_std().unwrap_or_default() < refresh_within;
+                if due && let Err(error) = store.extend(&sid, lifetime).await {
+                    tracing::warn!(parent: &self.span, cause = error.cause(), "could not extend the session");
+                }
+            }
+            Ok(status) => {
+                let cause = match status {
+                    Status::Active { .. } => "user_changed",
+                    other => other.cause(),
+                };
+                tracing::info!(parent: &self.span, cause, "session ended; closing");
+                self.audit(
+                    "socket.session_expired",
+                    Severity::Info,
+                    Some(user),
+                    json!({ "cause": cause }),
+                );
+                self.control(Control::Close {
+                    notice: Some(Notice::new(
+                        NoticeKind::SessionExpired,
+                        "The session ended (logged out or expired)",
+                    )),
+                    close: Close::new(code::FORBIDDEN, "Session expired"),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(parent: &self.span, cause = error.cause(), "could not re-check the session")
+            }
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        self.state
+            .metrics
+            .connections_total
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
