@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use crate::auth::jwt;
 use crate::auth::secret::HmacSecret;
+use crate::auth::{Verifier, jwt};
 use crate::config::Config;
 use crate::startup::{Application, DatabaseSource, Settings};
 use crate::{db, telemetry};
@@ -118,7 +118,20 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    match Config::load(&path) {
+    // Key files are part of the configuration: a bad one fails here, not at deploy time. The
+    // secret is irrelevant to that check.
+    let loaded = Config::load(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let no_secret = HmacSecret {
+                bytes: Vec::new(),
+                development: false,
+            };
+            Verifier::new(&config.auth.jwt, &no_secret)
+                .map(|_| config)
+                .map_err(|e| format!("{}: {e:#}", path.display()))
+        });
+    match loaded {
         Ok(config) => {
             println!("{}: ok: {}", path.display(), config.summary());
             ExitCode::SUCCESS
@@ -150,7 +163,9 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         config_path,
         config,
     };
-    if settings.jwt_secret.development {
+    let jwt = &settings.config.auth.jwt;
+    // The development token is HMAC-signed: with a public key configured there is none to offer.
+    if settings.jwt_secret.development && jwt.public_key_file.is_none() && jwt.jwks_file.is_none() {
         announce_development_secret(&settings)?;
     }
     let app = Application::build(settings)

@@ -1,82 +1,172 @@
-//! Minting and verifying JSON Web Tokens signed with the HMAC secret.
+//! Minting and verifying JSON Web Tokens. Verification uses whichever keys `auth.jwt` configures
+//! (see [`super::keys`]); minting, for `palisade token` and development, only ever uses the HMAC
+//! secret.
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::Context;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
+use super::keys::KeySet;
 use super::secret::HmacSecret;
 use crate::config::Jwt as JwtConfig;
 
 /// Why a token was refused. Only the audit trail sees this; the client gets one generic reason.
-#[derive(Debug, thiserror::Error)]
+/// The message is built from [`TokenError::cause`] and never quotes the token, so nothing an
+/// attacker wrote reaches the audit trail.
+#[derive(Debug)]
 pub enum TokenError {
-    #[error("token rejected: {0}")]
-    Invalid(#[from] jsonwebtoken::errors::Error),
-    #[error("token subject is empty")]
+    Invalid(jsonwebtoken::errors::Error),
+    /// Every identity needs a user id, so a `sub` that is not a non-empty string is as bad as none.
     EmptySubject,
+    /// Also a JWKS token without `kid` when the set holds several keys: trying each in turn would
+    /// let the token pick its key.
+    UnknownKid,
+    /// `jsonwebtoken` cannot even name the algorithm (`none`, say), so it never gets that far.
+    UnknownAlgorithm,
+    /// RFC 7515 requires refusing `crit` extensions that are not understood, and none are.
+    CriticalHeader,
 }
 
-/// Verifies tokens against the configured secret and rules.
+impl TokenError {
+    /// A short, low-cardinality cause for audit rows and metric labels.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            TokenError::EmptySubject => "missing_claim",
+            TokenError::UnknownKid => "unknown_kid",
+            TokenError::UnknownAlgorithm => "algorithm_not_allowed",
+            TokenError::CriticalHeader => "malformed",
+            TokenError::Invalid(error) => match error.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not_yet_valid",
+                ErrorKind::InvalidSignature => "bad_signature",
+                ErrorKind::InvalidIssuer => "wrong_issuer",
+                ErrorKind::InvalidAudience => "wrong_audience",
+                ErrorKind::MissingRequiredClaim(_) => "missing_claim",
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::UnsupportedAlgorithm
+                | ErrorKind::MissingAlgorithm => "algorithm_not_allowed",
+                // Bad base64 or JSON, a wrong number of segments, a claim of the wrong type: keys
+                // were checked at startup, so what is left is a token that cannot be read.
+                _ => "malformed",
+            },
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "token rejected: {}", self.cause())?;
+        match self {
+            // Claim names come from the server's own list, never from the token.
+            TokenError::Invalid(error) => match error.kind() {
+                ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
+                    write!(f, " ({claim})")
+                }
+                _ => Ok(()),
+            },
+            TokenError::EmptySubject => f.write_str(" (sub)"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenError::Invalid(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<jsonwebtoken::errors::Error> for TokenError {
+    fn from(error: jsonwebtoken::errors::Error) -> Self {
+        TokenError::Invalid(error)
+    }
+}
+
+/// Verifies tokens against the configured keys and claim rules.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: KeySet,
 }
 
 impl Verifier {
     pub fn new(config: &JwtConfig, secret: &HmacSecret) -> anyhow::Result<Self> {
-        if config.public_key_file.is_some() || config.jwks_file.is_some() {
-            anyhow::bail!(
-                "auth.jwt.public_key_file and auth.jwt.jwks_file are not supported by this build; use an HMAC secret"
-            );
-        }
-        let algorithms = config
-            .algorithms
-            .iter()
-            .map(|a| {
-                a.parse::<Algorithm>()
-                    .with_context(|| format!("auth.jwt.algorithms: `{a}`"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // One key family only: an HMAC secret must never verify a token whose header claims an
-        // asymmetric algorithm, or the reverse.
-        if let Some(bad) = algorithms
-            .iter()
-            .find(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
-        {
-            anyhow::bail!(
-                "auth.jwt.algorithms: {bad:?} needs a public key, but only an HMAC secret is configured"
-            );
-        }
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = config.leeway.get().as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // The algorithms are set per key by `KeySet::load`; only the claim rules are shared.
+        let mut rules = Validation::new(Algorithm::HS256);
+        rules.leeway = config.leeway.get().as_secs();
+        rules.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        // A configured issuer or audience must also be present: `jsonwebtoken` only compares them
+        // when the token carries them.
         match &config.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
+            Some(iss) => {
+                rules.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => rules.iss = None,
         }
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+            Some(aud) => {
+                rules.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => rules.validate_aud = false,
         }
+        rules.set_required_spec_claims(&required);
         Ok(Self {
-            key: DecodingKey::from_secret(&secret.bytes),
-            validation,
+            keys: KeySet::load(config, secret, &rules)?,
         })
     }
 
-    /// The token's claims when it is valid now.
+    /// The token's claims when it is valid now. The header only ever selects among configured
+    /// keys: `jku`, `x5u`, `x5c` and an embedded `jwk` are ignored, so a token can neither make
+    /// the server fetch anything nor bring its own key.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
+            if names_unknown_algorithm(token) {
+                TokenError::UnknownAlgorithm
+            } else {
+                error.into()
+            }
+        })?;
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
+        let key = self
+            .keys
+            .select(header.kid.as_deref())
+            .ok_or(TokenError::UnknownKid)?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &key.validation)?;
         match data.claims.get("sub").and_then(Value::as_str) {
             Some(sub) if !sub.is_empty() => Ok(data.claims),
             _ => Err(TokenError::EmptySubject),
         }
     }
+}
+
+/// Whether the header names an algorithm `jsonwebtoken` does not implement. Such a header fails to
+/// parse like any garbage would; telling the two apart keeps the audit trail honest about probes
+/// such as `alg: none`.
+fn names_unknown_algorithm(token: &str) -> bool {
+    let header = token
+        .split('.')
+        .next()
+        .and_then(|part| URL_SAFE_NO_PAD.decode(part).ok())
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+    header
+        .as_ref()
+        .and_then(|header| header.get("alg")?.as_str())
+        .is_some_and(|alg| alg.parse::<Algorithm>().is_err())
 }
 
 /// Mints a token for `sub` with extra claims, valid for `ttl`. Used by `palisade token`.
@@ -157,5 +247,131 @@ mod tests {
                 .verify(&token)
                 .is_err()
         );
+    }
+
+    fn now() -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64
+    }
+
+    /// An HS256 token with exactly `claims`, signed with the test secret.
+    fn signed(header: &Header, claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(&secret().bytes);
+        jsonwebtoken::encode(header, &claims, &key).unwrap()
+    }
+
+    fn cause(config: &JwtConfig, token: &str) -> (&'static str, String) {
+        let error = Verifier::new(config, &secret())
+            .unwrap()
+            .verify(token)
+            .unwrap_err();
+        (error.cause(), error.to_string())
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_cause() {
+        use serde_json::json;
+        let hs256 = Header::new(Algorithm::HS256);
+        let config = JwtConfig {
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("palisade".into()),
+            ..JwtConfig::default()
+        };
+        let valid = |extra: serde_json::Value| {
+            let mut claims = json!({ "sub": "alice", "exp": now() + 60, "iss": "https://issuer.example", "aud": "palisade" });
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            claims
+        };
+        let cases = [
+            (json!({ "exp": now() - 120 }), "expired"),
+            (json!({ "nbf": now() + 120 }), "not_yet_valid"),
+            (json!({ "iss": "https://evil.example" }), "wrong_issuer"),
+            (json!({ "aud": "someone-else" }), "wrong_audience"),
+            (json!({ "iss": null }), "missing_claim"),
+            (json!({ "aud": null }), "missing_claim"),
+            (json!({ "exp": null }), "missing_claim"),
+            (json!({ "sub": null }), "missing_claim"),
+            (json!({ "sub": "" }), "missing_claim"),
+            (json!({ "sub": 42 }), "missing_claim"),
+            (json!({ "exp": "soon" }), "missing_claim"),
+        ];
+        for (extra, expected) in cases {
+            let token = signed(&hs256, valid(extra.clone()));
+            assert_eq!(cause(&config, &token).0, expected, "{extra}");
+        }
+        let token = signed(&hs256, valid(json!({})));
+        assert!(
+            Verifier::new(&config, &secret())
+                .unwrap()
+                .verify(&token)
+                .is_ok()
+        );
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        signature[3] ^= 1;
+        let tampered = format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature));
+        assert_eq!(cause(&config, &tampered).0, "bad_signature");
+        assert_eq!(cause(&config, "not-a-jwt").0, "malformed");
+    }
+
+    #[test]
+    fn leeway_tolerates_clock_skew_on_exp_and_nbf() {
+        let config = JwtConfig::default();
+        let verifier = Verifier::new(&config, &secret()).unwrap();
+        let claims = serde_json::json!({ "sub": "a", "exp": now() - 10, "nbf": now() + 10 });
+        assert!(
+            verifier
+                .verify(&signed(&Header::new(Algorithm::HS256), claims))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn alg_none_and_unknown_algorithms_are_refused_as_not_allowed() {
+        let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"a","exp":{}}}"#, now() + 60));
+        for alg in ["none", "None", "NONE", "HS1"] {
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+            let token = format!("{header}.{claims}.");
+            assert_eq!(
+                cause(&JwtConfig::default(), &token).0,
+                "algorithm_not_allowed"
+            );
+        }
+        let hs512 = signed(
+            &Header::new(Algorithm::HS512),
+            serde_json::json!({ "sub": "a", "exp": now() + 60 }),
+        );
+        assert_eq!(
+            cause(&JwtConfig::default(), &hs512).0,
+            "algorithm_not_allowed"
+        );
+    }
+
+    #[test]
+    fn a_critical_header_extension_is_refused() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["b64".into()]);
+        let token = signed(
+            &header,
+            serde_json::json!({ "sub": "a", "exp": now() + 60 }),
+        );
+        assert_eq!(cause(&JwtConfig::default(), &token).0, "malformed");
+    }
+
+    #[test]
+    fn the_message_names_the_cause_and_never_quotes_the_token() {
+        let token = signed(
+            &Header::new(Algorithm::HS256),
+            serde_json::json!({ "sub": "a", "exp": now() - 3600, "secret": "do-not-log" }),
+        );
+        let (_, message) = cause(&JwtConfig::default(), &token);
+        assert_eq!(message, "token rejected: expired");
+        let (_, message) = cause(&JwtConfig::default(), "eyJhbGciOiJIUzI1NiJ9.do-not-log.x");
+        assert!(!message.contains("do-not-log"), "{message}");
     }
 }

@@ -2,6 +2,7 @@
 //! become an [`Identity`], or a refusal whose real cause goes to the audit trail only.
 
 pub mod jwt;
+pub mod keys;
 pub mod secret;
 pub mod session;
 
@@ -58,7 +59,7 @@ impl AuthFailure {
     pub fn cause(&self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
-            AuthFailure::Token(_) => "invalid_token",
+            AuthFailure::Token(error) => error.cause(),
             AuthFailure::Session(e) => e.cause(),
             AuthFailure::AnonymousSession => "anonymous_session",
         }

@@ -1,5 +1,6 @@
 //! `connection_init`: authenticate, admit the user under the connection limits, then acknowledge.
 
+use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use chrono::Utc;
@@ -38,7 +39,12 @@ impl Connection {
                     "socket.auth_failed",
                     Severity::Warn,
                     None,
-                    json!({ "cause": failure.to_string(), "user_agent": self.peer.user_agent }),
+                    json!({
+                        "cause": failure.cause(),
+                        "detail": failure.to_string(),
+                        "user_agent": self.peer.user_agent,
+                        "headers": sanitized(&self.peer.headers),
+                    }),
                 );
                 self.count("auth_failed");
                 if self.protocol
@@ -167,5 +173,53 @@ impl Connection {
             .connections_total
             .with_label_values(&[outcome])
             .inc();
+    }
+}
+
+/// Upgrade headers safe to keep in the audit trail: credentials and anything that looks like one
+/// are replaced by `[redacted]`, so a row shows which headers came without what they carried.
+fn sanitized(headers: &HeaderMap) -> serde_json::Map<String, Value> {
+    const SECRET: [&str; 5] = ["authorization", "cookie", "token", "secret", "key"];
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str();
+            let shown = if SECRET.iter().any(|s| name.contains(s)) {
+                "[redacted]".to_string()
+            } else {
+                value
+                    .to_str()
+                    .unwrap_or("[binary]")
+                    .chars()
+                    .take(256)
+                    .collect()
+            };
+            (name.to_string(), Value::String(shown))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_the_audit_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer secret-token".parse().unwrap());
+        headers.insert("cookie", "connect.sid=s%3Aabc.def".parse().unwrap());
+        headers.insert(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        headers.insert("origin", "http://localhost:5173".parse().unwrap());
+        let shown = Value::Object(sanitized(&headers)).to_string();
+        assert!(
+            !shown.contains("secret-token")
+                && !shown.contains("abc.def")
+                && !shown.contains("dGhl"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://localhost:5173"));
     }
 }

@@ -156,3 +156,20 @@ fn check_config_refuses_grants_that_name_missing_placeholders_or_unsafe_tables()
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_loads_the_configured_key_files() {
+    let (ok, _, stderr) = check(
+        "auth:\n  jwt:\n    algorithms: [RS256]\n    public_key_file: /nonexistent/key.pem\n",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("auth.jwt.public_key_file"), "{stderr}");
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt/rsa-public.pem"
+    );
+    let (ok, _, stderr) = check(&format!(
+        "auth:\n  jwt:\n    algorithms: [RS256]\n    public_key_file: {key}\n"
+    ));
+    assert!(ok, "{stderr}");
+}

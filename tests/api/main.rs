@@ -6,6 +6,7 @@ mod connection_log;
 mod graphql_ws;
 mod helpers;
 mod http;
+mod jwt;
 mod legacy_protocol;
 mod lifecycle;
 mod limits;
