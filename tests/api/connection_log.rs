@@ -72,3 +72,32 @@ async fn authentication_outcomes_are_audited_without_the_token() {
     );
     assert!(!rows[1].3.contains("secret-looking-token"));
 }
+
+#[tokio::test]
+async fn audit_rows_that_cannot_be_written_are_counted_as_dropped_and_connections_still_work() {
+    let app = spawn_app().await;
+    // Break the audit table the way an outage would: inserts fail from now on.
+    palisade::on_pool!(&app.state.db, |pool| {
+        sqlx::query("DROP TABLE audit_log")
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap()
+    });
+    let mut client = app.ws_acked("alice").await;
+    client.send(serde_json::json!({ "type": "ping" })).await;
+    assert_eq!(client.recv().await["type"], "pong");
+    app.state.audit.flush().await;
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "palisade_audit_dropped_total 1"),
+        "{metrics}"
+    );
+}
