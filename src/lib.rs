@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod startup;

@@ -1,10 +1,11 @@
-//! Prometheus metrics, served as text on `/metrics`. Labels stay low-cardinality: outcomes, types
-//! and close codes, never user ids or topic names.
+//! Prometheus metrics, served as text on `/metrics`. Labels stay low-cardinality: outcomes, types,
+//! limit codes and close codes, never user ids or topic names.
 //!
 //! The `prometheus` crate is used rather than `metrics-exporter-prometheus` because every series
 //! here is known up front: typed handles on a struct are checked by the compiler, need no global
 //! recorder, and let each test build its own isolated registry.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -12,40 +13,44 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub connections_active: IntGauge,
-    /// Upgrades by outcome: accepted, auth_failed, protocol_rejected.
+    /// Upgrades by outcome: accepted, auth_failed, origin_rejected, limit_rejected,
+    /// protocol_rejected.
     pub connections_total: IntCounterVec,
     pub closes_total: IntCounterVec,
     /// Operations by type (query, mutation, subscription, unknown) and outcome (ok, error, rejected).
     pub operations_total: IntCounterVec,
     pub audit_dropped: IntCounter,
+    pub rate_limit_warnings: IntCounter,
+    pub rate_limit_violations: IntCounter,
+    /// Operations refused by a payload limit, by limit code.
+    pub payload_rejections: IntCounterVec,
+}
+
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(
+        registry,
+        IntCounter::new(name, help).expect("static metric definition"),
+    )
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    register(registry, metric)
 }
 
 impl Metrics {
     pub fn new(instance_id: &str) -> Self {
         let registry =
             Registry::new_custom(Some("palisade".into()), None).expect("a static prefix is valid");
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels)
-                .expect("static metric definition");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("each metric is registered once");
-            metric
-        };
-        let connections_active =
-            IntGauge::new("connections_active", "WebSocket connections open now")
-                .expect("static metric definition");
-        registry
-            .register(Box::new(connections_active.clone()))
-            .expect("each metric is registered once");
-        let audit_dropped = IntCounter::new(
-            "audit_dropped_total",
-            "Audit rows dropped because the queue was full or the database failed",
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(audit_dropped.clone()))
-            .expect("each metric is registered once");
+        let r = &registry;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -54,30 +59,52 @@ impl Metrics {
             &["version", "instance"],
         )
         .expect("static metric definition");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("each metric is registered once");
-        build_info
+        register(r, build_info)
             .with_label_values(&[env!("CARGO_PKG_VERSION"), instance_id])
             .set(1);
+        let active = IntGauge::new("connections_active", "WebSocket connections open now")
+            .expect("static metric definition");
         Self {
+            connections_active: register(r, active),
             connections_total: counter_vec(
+                r,
                 "connections_total",
                 "WebSocket upgrade attempts by outcome",
                 &["outcome"],
             ),
             closes_total: counter_vec(
+                r,
                 "connection_closes_total",
                 "WebSocket closes by close code",
                 &["code"],
             ),
             operations_total: counter_vec(
+                r,
                 "operations_total",
                 "GraphQL operations by type and outcome",
                 &["type", "outcome"],
             ),
-            connections_active,
-            audit_dropped,
+            audit_dropped: counter(
+                r,
+                "audit_dropped_total",
+                "Audit rows dropped because the queue was full or the database failed",
+            ),
+            rate_limit_warnings: counter(
+                r,
+                "rate_limit_warnings_total",
+                "Connections warned that their operation budget is nearly used",
+            ),
+            rate_limit_violations: counter(
+                r,
+                "rate_limit_violations_total",
+                "Operations refused for exceeding a rate limit",
+            ),
+            payload_rejections: counter_vec(
+                r,
+                "payload_rejections_total",
+                "Operations refused by a payload limit",
+                &["limit"],
+            ),
             registry,
         }
     }

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use async_graphql::{Context, ErrorExtensions, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Caller;
 use crate::auth::Authenticator;
 use crate::error::Error;
+use crate::limits::budget::Warning;
 use crate::transport::control::{ConnectionHandle, Control, Notice, NoticeKind};
 
 /// Something the server tells a connection about its own state.
@@ -31,6 +33,52 @@ impl From<Notice> for ConnectionNotice {
             expires_at: n.expires_at,
         }
     }
+}
+
+/// The connection's operation budget is nearly used up (or, with `final`, exceeded: the
+/// connection is about to close).
+#[derive(SimpleObject)]
+pub struct RateLimitWarning {
+    /// Operations counted in the current window.
+    current: u32,
+    limit: u32,
+    window_seconds: u64,
+    /// Seconds until the budget has room again.
+    retry_after_seconds: u64,
+    message: String,
+    /// The budget was exceeded and the connection is closing; reconnect to start afresh.
+    #[graphql(name = "final")]
+    last: bool,
+}
+
+impl From<Warning> for RateLimitWarning {
+    fn from(w: Warning) -> Self {
+        let s = w.standing;
+        Self {
+            current: s.current,
+            limit: s.limit,
+            window_seconds: s.window_seconds,
+            retry_after_seconds: s.retry_after_seconds,
+            message: w.message,
+            last: w.last,
+        }
+    }
+}
+
+/// A broadcast receiver as a stream that skips what a slow reader missed: only the newest items
+/// matter for notices and warnings.
+fn newest<T: Clone + Send + 'static, U: From<T>>(
+    rx: broadcast::Receiver<T>,
+) -> impl Stream<Item = U> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(item) => return Some((U::from(item), rx)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 #[derive(SimpleObject)]
@@ -63,17 +111,17 @@ impl ConnectionSubscription {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = ConnectionNotice> + use<>> {
         let (_, handle) = connection(ctx)?;
-        let notices = futures_util::stream::unfold(handle.notices(), |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(notice) => return Some((ConnectionNotice::from(notice), rx)),
-                    // Only the newest notices matter; skip what a slow reader missed.
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return None,
-                }
-            }
-        });
-        Ok(notices.boxed())
+        Ok(newest::<_, ConnectionNotice>(handle.notices()).boxed())
+    }
+
+    /// Warnings about this connection's operation budget: one per window when the count reaches
+    /// `warn_at` × `limit`, and a `final` one when the limit is exceeded and the connection closes.
+    async fn rate_limit_warning(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = RateLimitWarning> + use<>> {
+        let (_, handle) = connection(ctx)?;
+        Ok(newest::<_, RateLimitWarning>(handle.budget.warnings()).boxed())
     }
 }
 

@@ -16,6 +16,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::db::Database;
 use crate::error::Error;
+use crate::limits::guard::Guard;
 use crate::metrics::Metrics;
 use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
@@ -103,6 +104,11 @@ pub fn build(services: Services) -> AppSchema {
         metrics,
     } = services;
     let payload = &config.payload;
+    let guard = Guard {
+        config: config.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+    };
     let mut builder = Schema::build(Query, Mutation::default(), Subscription::default())
         .data(auth)
         .data(bus)
@@ -110,10 +116,10 @@ pub fn build(services: Services) -> AppSchema {
         .data(audit)
         .data(instance)
         .extension(observe::Observe(metrics))
-        .limit_depth(payload.max_depth as usize)
-        .limit_complexity(payload.max_complexity as usize)
-        .limit_directives(payload.max_directives as usize)
-        .limit_recursive_depth(payload.max_input_nesting as usize);
+        .extension(guard)
+        // Depth and complexity are measured here but judged by the guard, which reports them
+        // with their own codes; this bound is only the parser's safety net.
+        .limit_recursive_depth(payload.max_input_nesting.max(payload.max_depth) as usize + 8);
     if !payload.introspection {
         builder = builder.disable_introspection();
     }

@@ -30,8 +30,8 @@ const CLIENT_CLOSED: &str = "Closed by client: ";
 /// client's answering close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 
-/// Between a notice (REPLACED, REVOKED, …) and the close it announces, so the notice's
-/// subscription gets to deliver it first.
+/// Between a notice (REPLACED, REVOKED, a final rate-limit warning) and the close it announces, so
+/// the subscription carrying it gets to deliver it first.
 const NOTICE_GRACE: Duration = Duration::from_millis(250);
 
 /// What the upgrade request told us about the client.
@@ -64,7 +64,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     let (sink, mut stream) = socket.split();
     let (outbox, closing, writer) =
         Outbox::start(sink, state.config.connections.send_queue as usize);
-    let (handle, control) = ConnectionHandle::new(id.clone());
+    let (handle, control) = ConnectionHandle::new(id.clone(), &state.config.operations.rate_limit);
     let mut connection = Connection {
         state: state.clone(),
         peer,
@@ -249,6 +249,10 @@ impl Connection {
                 notice: None,
                 close,
             } => self.outbox.close(close),
+            Control::CloseSoon(close) => {
+                self.close_at
+                    .get_or_insert((Instant::now() + NOTICE_GRACE, close));
+            }
             Control::Refresh(identity) => {
                 self.lifetime = Lifetime::of(&identity, &self.state.config);
                 self.audit(

@@ -6,7 +6,11 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, mpsc};
 
 use super::protocol::Close;
+use std::sync::Arc;
+
 use crate::auth::Identity;
+use crate::config::RateLimit;
+use crate::limits::budget::Budget;
 
 /// Control messages queued per connection. Senders are administrative (revocation, a newer
 /// connection of the same user, `refreshAuth`), so a small queue suffices; a full one means the
@@ -56,6 +60,8 @@ pub enum Control {
         notice: Option<Notice>,
         close: Close,
     },
+    /// Close after a short grace, so what was just sent (a final warning) is delivered first.
+    CloseSoon(Close),
     /// Credentials refreshed over the same connection (same subject).
     Refresh(Identity),
 }
@@ -64,19 +70,24 @@ pub enum Control {
 #[derive(Clone, Debug)]
 pub struct ConnectionHandle {
     pub id: String,
+    /// The connection's operation budget, counted by the per-operation guard.
+    pub budget: Arc<Budget>,
     control: mpsc::Sender<Control>,
     notices: broadcast::Sender<Notice>,
 }
 
 impl ConnectionHandle {
     /// A handle and the receiving end the connection loop selects on.
-    pub fn new(id: String) -> (Self, mpsc::Receiver<Control>) {
+    pub fn new(id: String, rate_limit: &RateLimit) -> (Self, mpsc::Receiver<Control>) {
         let (control, rx) = mpsc::channel(CONTROL_QUEUE);
+        let budget = Arc::new(Budget::new(rate_limit));
+        let notices = broadcast::channel(NOTICE_BUFFER).0;
         (
             Self {
                 id,
+                budget,
                 control,
-                notices: broadcast::channel(NOTICE_BUFFER).0,
+                notices,
             },
             rx,
         )
@@ -100,7 +111,9 @@ impl ConnectionHandle {
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Control::Close { close, .. } => write!(f, "Close({})", close.code),
+            Control::Close { close, .. } | Control::CloseSoon(close) => {
+                write!(f, "Close({})", close.code)
+            }
             Control::Refresh(_) => write!(f, "Refresh"),
         }
     }

@@ -42,6 +42,10 @@ pub mod code {
     /// The user reconnected too often (`connections.reconnects_per_minute`); the stock client
     /// retries with its backoff.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection exceeded its operation budget (`operations.rate_limit`, `on_exceed:
+    /// disconnect`). Not 4429, which the stock client treats as fatal: this one is retried with
+    /// backoff, and the new connection starts with a fresh budget.
+    pub const RATE_LIMITED: u16 = 4420;
     /// A message was not valid JSON or not a known message type.
     pub const BAD_REQUEST: u16 = 4400;
     /// `subscribe` before `connection_ack`.

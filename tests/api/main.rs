@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod live_auth;
 mod postgres;
+mod rate_limits;
 mod schema;
 mod session;
 mod topics;

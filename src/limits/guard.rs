@@ -1,0 +1,268 @@
+//! The per-operation guard: an async-graphql extension that runs before execution. It counts each
+//! operation a WebSocket connection starts against the connection's budget (warning, refusing, and
+//! closing per `operations.rate_limit`), and puts the standing on every result as
+//! `extensions.rateLimit`.
+//!
+//! Over WebSocket the `request` hook never runs, so the work sits in `prepare_request` (the
+//! operation's name), `parse_query` (the budget: a document is needed to tell exempt operations)
+//! and `execute` (the extension on the result).
+
+use std::sync::{Arc, Mutex};
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+};
+use async_graphql::{
+    ErrorExtensionValues, Request, Response, ServerError, ServerResult, Value, Variables,
+};
+use serde_json::json;
+
+use super::budget::{Standing, Verdict, Warning};
+use crate::audit::{Audit, Entry, Severity};
+use crate::config::{Config, OnExceed};
+use crate::graphql::Caller;
+use crate::metrics::Metrics;
+use crate::topics;
+use crate::transport::control::Control;
+use crate::transport::protocol::{Close, code};
+
+pub struct Guard {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Audit,
+}
+
+impl ExtensionFactory for Guard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(GuardOperation {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+            name: Mutex::default(),
+            standing: Mutex::default(),
+        })
+    }
+}
+
+/// One per operation (async-graphql creates extensions per operation).
+struct GuardOperation {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    audit: Audit,
+    name: Mutex<Option<String>>,
+    standing: Mutex<Option<Standing>>,
+}
+
+/// A refusal with a machine-readable code and the numbers behind it.
+pub fn refusal(message: impl Into<String>, code: &str, details: &[(&str, u64)]) -> ServerError {
+    let mut extensions = ErrorExtensionValues::default();
+    extensions.set("code", code);
+    for (key, value) in details {
+        extensions.set(*key, *value);
+    }
+    let mut error = ServerError::new(message, None);
+    error.extensions = Some(extensions);
+    error
+}
+
+impl GuardOperation {
+    /// Counts the operation against its connection's budget; `Err` refuses it.
+    fn count(&self, caller: &Caller) -> ServerResult<()> {
+        let Some(handle) = &caller.connection else {
+            return Ok(());
+        };
+        let budget = &handle.budget;
+        let user = caller.identity.as_ref().map(|i| i.user_id.clone());
+        let record = |action: &'static str, standing: &Standing| {
+            self.audit.record(Entry {
+                action,
+                severity: Severity::Warn,
+                user_id: user.clone(),
+                connection_id: Some(handle.id.clone()),
+                ip: caller.ip.clone(),
+                metadata: json!({ "count": standing.current, "limit": standing.limit }),
+            });
+        };
+        match budget.consume() {
+            Verdict::Pass(standing) => {
+                *self.standing.lock().expect("lock poisoned") = Some(standing);
+                Ok(())
+            }
+            Verdict::Warn(standing) => {
+                *self.standing.lock().expect("lock poisoned") = Some(standing);
+                tracing::warn!(connection_id = %handle.id, user_id = ?user, count = standing.current, limit = standing.limit, "operation budget nearly used");
+                record("rate_limit.warning", &standing);
+                self.metrics.rate_limit_warnings.inc();
+                let message = format!(
+                    "{} of {} operations used in this {}s window",
+                    standing.current, standing.limit, standing.window_seconds
+                );
+                budget.warn(Warning {
+                    standing,
+                    message,
+                    last: false,
+                });
+                Ok(())
+            }
+            Verdict::Refuse(standing) => {
+                tracing::warn!(connection_id = %handle.id, user_id = ?user, count = standing.current, limit = standing.limit, "operation budget exceeded");
+                record("rate_limit.exceeded", &standing);
+                self.metrics.rate_limit_violations.inc();
+                if budget.on_exceed == OnExceed::Disconnect {
+                    let message = "Operation budget exceeded: closing the connection; reconnect to get a fresh budget".to_string();
+                    budget.warn(Warning {
+                        standing,
+                        message,
+                        last: true,
+                    });
+                    handle.send(Control::CloseSoon(Close::new(
+                        code::RATE_LIMITED,
+                        "Rate limit exceeded",
+                    )));
+                }
+                let message = format!(
+                    "Too many operations: the limit is {} per {}s",
+                    standing.limit, standing.window_seconds
+                );
+                Err(refusal(
+                    message,
+                    "RATE_LIMITED",
+                    &[
+                        ("limit", u64::from(standing.limit)),
+                        ("windowSeconds", standing.window_seconds),
+                        ("retryAfterSeconds", standing.retry_after_seconds),
+                    ],
+                ))
+            }
+        }
+    }
+}
+
+/// The operation a request runs: the named one, or the only one.
+fn selected<'a>(
+    doc: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
+    match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(&op.node),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| &op.node),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| &op.node)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    }
+}
+
+/// Whether the operation is exempt from the budget: named in `exempt_operations` (by operation
+/// name, or every root field), or a subscription only to `system` topics.
+fn exempt(
+    config: &Config,
+    doc: &ExecutableDocument,
+    name: Option<&str>,
+    variables: &Variables,
+) -> bool {
+    let exempt_names = &config.operations.rate_limit.exempt_operations;
+    if name.is_some_and(|n| exempt_names.iter().any(|e| e == n)) {
+        return true;
+    }
+    let Some(operation) = selected(doc, name) else {
+        return false;
+    };
+    let fields: Vec<_> = operation
+        .selection_set
+        .node
+        .items
+        .iter()
+        .map(|s| match &s.node {
+            Selection::Field(field) => Some(&field.node),
+            _ => None,
+        })
+        .collect();
+    if fields.is_empty() || fields.iter().any(Option::is_none) {
+        return false;
+    }
+    let fields = fields.into_iter().flatten();
+    if fields
+        .clone()
+        .all(|f| exempt_names.iter().any(|e| e == f.name.node.as_str()))
+    {
+        return true;
+    }
+    operation.ty == OperationType::Subscription
+        && fields.clone().all(|f| {
+            f.name.node == "events"
+                && f.get_argument("topic")
+                    .and_then(|v| {
+                        v.node
+                            .clone()
+                            .into_const_with(|var| variables.get(&var).cloned().ok_or(()))
+                            .ok()
+                    })
+                    .is_some_and(|topic| match topic {
+                        Value::String(topic) => topics::is_system(&config.topics, &topic),
+                        _ => false,
+                    })
+        })
+}
+
+#[async_trait::async_trait]
+impl Extension for GuardOperation {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
+        next.run(ctx, request).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        let parsed = next.run(ctx, query, variables).await;
+        if let Some(caller) = ctx.data_opt::<Caller>() {
+            let name = self.name.lock().expect("lock poisoned").clone();
+            // A document that does not even parse still cost the server: it counts.
+            let is_exempt = parsed
+                .as_ref()
+                .is_ok_and(|doc| exempt(&self.config, doc, name.as_deref(), variables));
+            if !is_exempt {
+                self.count(caller)?;
+            }
+            let subscription = parsed
+                .as_ref()
+                .ok()
+                .and_then(|doc| selected(doc, name.as_deref()))
+                .is_some_and(|op| op.ty == OperationType::Subscription);
+            if subscription {
+                // Its results are events the server pushes; they carry no standing.
+                self.standing.lock().expect("lock poisoned").take();
+            }
+        }
+        parsed
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let mut response = next.run(ctx, operation_name).await;
+        if let Some(s) = *self.standing.lock().expect("lock poisoned") {
+            let standing = json!({ "current": s.current, "limit": s.limit, "windowSeconds": s.window_seconds, "retryAfterSeconds": s.retry_after_seconds });
+            if let Ok(value) = Value::from_json(standing) {
+                response.extensions.insert("rateLimit".into(), value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,4 @@
+//! Limits on what clients may send and how often.
+
+pub mod budget;
+pub mod guard;
