@@ -55,7 +55,7 @@ pub async fn revoke(
         severity: Severity::Warn,
         user_id: body.user_id.clone(),
         connection_id: None,
-        ip: Some(peer.ip().to_string()),
+        ip: Some(state.client_ip.resolve(peer.ip(), &headers).to_string()),
         // The session id is a credential: only whether one was named is recorded.
         metadata: json!({ "by": admin.user_id, "by_session": body.session_id.is_some(), "connections": closed }),
     });

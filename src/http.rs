@@ -54,6 +54,7 @@ pub async fn graphql_get(
 }
 
 async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Response {
+    let client = state.client_ip.resolve(peer.ip(), request.headers());
     let identity = match state.auth.http(request.headers()) {
         Ok(identity) => identity,
         Err(failure) => {
@@ -62,7 +63,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
                 severity: Severity::Warn,
                 user_id: None,
                 connection_id: None,
-                ip: Some(peer.ip().to_string()),
+                ip: Some(client.to_string()),
                 metadata: json!({ "cause": failure.to_string() }),
             });
             return Error::Unauthenticated.into_response();
@@ -80,7 +81,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
     let caller = Caller {
         identity,
         connection_id: None,
-        ip: Some(peer.ip().to_string()),
+        ip: Some(client.to_string()),
         connection: None,
     };
     GraphQLResponse::from(state.schema.execute(request.data(caller)).await).into_response()

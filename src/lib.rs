@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod connlog;
 pub mod db;

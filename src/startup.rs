@@ -22,10 +22,12 @@ use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
 use crate::bus::{Bus, MemoryBus};
+use crate::client_ip::ClientIp;
 use crate::config::Config;
 use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::http;
+use crate::limits::http::HttpLimiter;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -56,6 +58,8 @@ pub struct AppState {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// The client address behind `server.trusted_proxies`.
+    pub client_ip: ClientIp,
     /// Who is connected: per-IP and per-user limits, and revocation.
     pub registry: Arc<Registry>,
     pub instance: Arc<Instance>,
@@ -113,6 +117,7 @@ impl Application {
             audit,
             auth,
             registry: Registry::new(&config.connections),
+            client_ip: ClientIp::new(&config.server.trusted_proxies),
             schema,
             db,
             metrics,
@@ -166,7 +171,8 @@ impl Application {
             admin_listener,
             state,
         } = self;
-        let (main, admin) = routers(&state, admin_listener.is_some());
+        let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
+        let (main, admin) = routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();
         // The signal cancels the token; everything else (listeners, connections) watches the token.
         tokio::spawn({
@@ -195,6 +201,7 @@ impl Application {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
                 while shutdown.run_until_cancelled(every.tick()).await.is_some() {
                     registry.retain_recent();
+                    http_limiter.retain_recent();
                 }
             }
         });
@@ -228,7 +235,11 @@ impl Application {
 }
 
 /// The public router, and the admin router when admin endpoints have their own listener.
-fn routers(state: &AppState, separate_admin: bool) -> (Router, Option<Router>) {
+fn routers(
+    state: &AppState,
+    http_limiter: &HttpLimiter,
+    separate_admin: bool,
+) -> (Router, Option<Router>) {
     let config = &state.config;
     let admin = Router::new()
         .route("/metrics", get(http::metrics))
@@ -246,11 +257,15 @@ fn routers(state: &AppState, separate_admin: bool) -> (Router, Option<Router>) {
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    let main = Router::new()
+    // Per-IP request limits guard the GraphQL endpoint: queries over HTTP and WebSocket upgrades.
+    let graphql = Router::new()
         .route(
             &config.server.graphql_path,
             get(http::graphql_get).post(http::graphql_post),
         )
+        .layer(http_limiter.layer());
+    let main = Router::new()
+        .merge(graphql)
         .route("/graphiql/{file}", get(http::graphiql_asset))
         .route("/admin/revoke", post(admin::revoke))
         .layer(DefaultBodyLimit::max(

@@ -34,6 +34,17 @@ pub(super) fn origins(origins: &[String]) -> Result<(), ValidationError> {
     Ok(())
 }
 
+pub(super) fn networks(networks: &[String]) -> Result<(), ValidationError> {
+    for net in networks {
+        if net.parse::<ipnet::IpNet>().is_err() && net.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "`{net}` is neither an IP address nor a network like 10.0.0.0/8"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn algorithms(algorithms: &[String]) -> Result<(), ValidationError> {
     for alg in algorithms {
         if alg.eq_ignore_ascii_case("none") {

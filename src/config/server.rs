@@ -27,6 +27,12 @@ pub struct Server {
     /// close frames and connection-log rows to be written. Default `30s`; whatever is still running
     /// after it is dropped.
     pub shutdown_grace: Duration,
+    /// Reverse proxies (addresses like `10.0.0.5` or networks like `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` hops are believed. Default `[]`: the client IP is always the socket's peer,
+    /// and the header is ignored (a client can write anything into it). With proxies listed, a
+    /// request from one of them is attributed to the rightmost hop that is not a listed proxy.
+    #[validate(custom(function = "super::checks::networks"))]
+    pub trusted_proxies: Vec<String>,
     /// Cross-origin rules for the HTTP endpoints.
     #[validate(nested)]
     pub cors: Cors,
@@ -39,6 +45,7 @@ impl Default for Server {
             graphql_path: "/graphql".into(),
             admin_listen: None,
             shutdown_grace: Duration::secs(30),
+            trusted_proxies: Vec::new(),
             cors: Cors::default(),
         }
     }

@@ -2,3 +2,5 @@
 
 pub mod budget;
 pub mod guard;
+pub mod http;
+pub mod keyed;

@@ -36,6 +36,7 @@ pub fn upgrade(
     query: Option<&str>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let client = state.client_ip.resolve(peer.ip(), &headers);
     let requested = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -50,22 +51,22 @@ pub fn upgrade(
     };
     if let Err(origin) = origin_allowed(&state.config, &headers) {
         count(&state, "origin_rejected");
-        tracing::warn!(ip = %peer.ip(), origin = %origin, "WebSocket upgrade from a foreign origin refused");
+        tracing::warn!(ip = %client, origin = %origin, "WebSocket upgrade from a foreign origin refused");
         state.audit.record(Entry {
             action: "origin_rejected",
             severity: Severity::Warn,
             user_id: None,
             connection_id: None,
-            ip: Some(peer.ip().to_string()),
+            ip: Some(client.to_string()),
             metadata: json!({ "origin": origin }),
         });
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
-    let ip_slot = match state.registry.admit_ip(peer.ip()) {
+    let ip_slot = match state.registry.admit_ip(client) {
         Ok(slot) => slot,
         Err(refusal) => {
             count(&state, "limit_rejected");
-            tracing::warn!(ip = %peer.ip(), ?refusal, "WebSocket upgrade refused by a per-IP limit");
+            tracing::warn!(ip = %client, ?refusal, "WebSocket upgrade refused by a per-IP limit");
             let retry_after = match refusal {
                 Refusal::IpRate { retry_after } | Refusal::UserRate { retry_after } => {
                     retry_after.as_secs().max(1)
@@ -85,7 +86,7 @@ pub fn upgrade(
         .filter(|_| state.config.auth.jwt.allow_query_token)
         .and_then(access_token);
     let peer = connection::Peer {
-        ip: peer.ip().to_string(),
+        ip: client.to_string(),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())

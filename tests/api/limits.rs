@@ -33,7 +33,13 @@ async fn operations_past_max_operations_get_an_error_and_complete_frees_a_slot()
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_without_slowing_others() {
-    let app = spawn_app_with(|c| c.connections.send_queue = 8).await;
+    let app = spawn_app_with(|c| {
+        c.connections.send_queue = 8;
+        // The test publishes hundreds of events over HTTP from one address.
+        c.operations.http.per_ip_per_second = 10_000;
+        c.operations.http.burst = 10_000;
+    })
+    .await;
     let mut slow = app.ws_acked("slow").await;
     let mut fast = app.ws_acked("fast").await;
     let big = "x".repeat(32 * 1024);
