@@ -28,6 +28,7 @@ use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::http;
 use crate::limits::http::HttpLimiter;
+use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -60,6 +61,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The client address behind `server.trusted_proxies`.
     pub client_ip: ClientIp,
+    /// Budgets of single operations per user (`operations.per_operation`).
+    pub operations: Arc<OperationLimits>,
     /// Who is connected: per-IP and per-user limits, and revocation.
     pub registry: Arc<Registry>,
     pub instance: Arc<Instance>,
@@ -104,7 +107,17 @@ impl Application {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
         });
         let auth = Arc::new(Authenticator::new(verifier, config.auth.required, sessions));
+        let operations = Arc::new(
+            OperationLimits::new(
+                &config.operations,
+                redis
+                    .as_ref()
+                    .map(|c| (c, config.streams.key_prefix.as_str())),
+            )
+            .context("setting up per-operation limits")?,
+        );
         let schema = graphql::build(Services {
+            operations: operations.clone(),
             config: config.clone(),
             auth: auth.clone(),
             bus,
@@ -117,6 +130,7 @@ impl Application {
             audit,
             auth,
             registry: Registry::new(&config.connections),
+            operations,
             client_ip: ClientIp::new(&config.server.trusted_proxies),
             schema,
             db,
@@ -196,12 +210,17 @@ impl Application {
         // Rate-limiter state of idle IPs and users is forgotten once a minute, so memory stays
         // bounded however many distinct clients come and go.
         tokio::spawn({
-            let (registry, shutdown) = (state.registry.clone(), shutdown.clone());
+            let (registry, operations, shutdown) = (
+                state.registry.clone(),
+                state.operations.clone(),
+                shutdown.clone(),
+            );
             async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
                 while shutdown.run_until_cancelled(every.tick()).await.is_some() {
                     registry.retain_recent();
                     http_limiter.retain_recent();
+                    operations.retain_recent();
                 }
             }
         });

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::db::Database;
 use crate::error::Error;
 use crate::limits::guard::Guard;
+use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
@@ -84,6 +85,7 @@ pub async fn authorize(
 /// What resolvers reach through the schema data.
 pub struct Services {
     pub config: Arc<Config>,
+    pub operations: Arc<OperationLimits>,
     pub auth: Arc<Authenticator>,
     pub bus: Arc<dyn Bus>,
     pub db: Database,
@@ -96,6 +98,7 @@ pub struct Services {
 pub fn build(services: Services) -> AppSchema {
     let Services {
         config,
+        operations,
         auth,
         bus,
         db,
@@ -108,6 +111,7 @@ pub fn build(services: Services) -> AppSchema {
         config: config.clone(),
         metrics: metrics.clone(),
         audit: audit.clone(),
+        operations,
     };
     let mut builder = Schema::build(Query, Mutation::default(), Subscription::default())
         .data(auth)

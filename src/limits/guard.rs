@@ -21,6 +21,7 @@ use async_graphql::{
 use serde_json::json;
 
 use super::budget::{Standing, Verdict, Warning};
+use super::per_operation::OperationLimits;
 use crate::audit::{Audit, Entry, Severity};
 use crate::config::{Config, OnExceed};
 use crate::graphql::Caller;
@@ -33,6 +34,7 @@ pub struct Guard {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub audit: Audit,
+    pub operations: Arc<OperationLimits>,
 }
 
 impl ExtensionFactory for Guard {
@@ -41,6 +43,7 @@ impl ExtensionFactory for Guard {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
+            operations: self.operations.clone(),
             name: Mutex::default(),
             standing: Mutex::default(),
         })
@@ -52,6 +55,7 @@ struct GuardOperation {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     audit: Audit,
+    operations: Arc<OperationLimits>,
     name: Mutex<Option<String>>,
     standing: Mutex<Option<Standing>>,
 }
@@ -156,6 +160,19 @@ fn selected<'a>(
     }
 }
 
+/// The names of the operation's top-level fields (not their aliases).
+fn root_fields(operation: &OperationDefinition) -> impl Iterator<Item = &str> {
+    operation
+        .selection_set
+        .node
+        .items
+        .iter()
+        .filter_map(|s| match &s.node {
+            Selection::Field(field) => Some(field.node.name.node.as_str()),
+            _ => None,
+        })
+}
+
 /// Whether the operation is exempt from the budget: named in `exempt_operations` (by operation
 /// name, or every root field), or a subscription only to `system` topics.
 fn exempt(
@@ -237,11 +254,17 @@ impl Extension for GuardOperation {
             if !is_exempt {
                 self.count(caller)?;
             }
-            let subscription = parsed
+            let operation = parsed
                 .as_ref()
                 .ok()
-                .and_then(|doc| selected(doc, name.as_deref()))
-                .is_some_and(|op| op.ty == OperationType::Subscription);
+                .and_then(|doc| selected(doc, name.as_deref()));
+            for field in operation.iter().flat_map(|op| root_fields(op)) {
+                if let Err(refused) = self.operations.check(field, caller).await {
+                    self.metrics.rate_limit_violations.inc();
+                    return Err(refused);
+                }
+            }
+            let subscription = operation.is_some_and(|op| op.ty == OperationType::Subscription);
             if subscription {
                 // Its results are events the server pushes; they carry no standing.
                 self.standing.lock().expect("lock poisoned").take();

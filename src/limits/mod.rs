@@ -4,3 +4,4 @@ pub mod budget;
 pub mod guard;
 pub mod http;
 pub mod keyed;
+pub mod per_operation;

@@ -57,14 +57,14 @@ pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> Test
     .await
 }
 
-/// Spawns with a fresh SQLite database and `REDIS_URL` set to `redis_url`.
-pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
+/// Spawns with a fresh SQLite database and `REDIS_URL` set to `redis_url`, after `tweak`.
+pub async fn spawn_app_with_redis(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
     spawn(
         DatabaseSource::Url(url),
         Some(redis_url.to_string()),
-        |_| {},
+        tweak,
         dir,
     )
     .await

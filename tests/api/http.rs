@@ -156,13 +156,13 @@ async fn admin_endpoints_move_to_admin_listen_when_it_is_set() {
     );
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 #[tokio::test]
 async fn readyz_checks_redis_when_it_is_configured() {
-    let app = crate::helpers::spawn_app_with_redis(&redis_url()).await;
+    let app = crate::helpers::spawn_app_with_redis(&redis_url(), |_| {}).await;
     let body: Value = reqwest::get(app.url("/readyz"))
         .await
         .unwrap()
@@ -179,7 +179,8 @@ async fn readyz_fails_with_503_naming_redis_when_it_is_unreachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let app = crate::helpers::spawn_app_with_redis(&format!("redis://127.0.0.1:{port}")).await;
+    let app =
+        crate::helpers::spawn_app_with_redis(&format!("redis://127.0.0.1:{port}"), |_| {}).await;
     let response = reqwest::get(app.url("/readyz")).await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();

@@ -236,3 +236,88 @@ async fn warnings_and_violations_are_counted_and_audited() {
     );
     assert!(rows[1].3.contains("\"limit\":2"), "{}", rows[1].3);
 }
+
+mod per_operation {
+    use palisade::config::{LimitScope, OperationLimit};
+    use serde_json::json;
+
+    use crate::helpers::{TestApp, spawn_app_with, spawn_app_with_redis};
+
+    const PUBLISH: &str = "mutation { publish(topic: \"user:alice\", type: \"x\") { id } }";
+
+    fn publish_limit(c: &mut palisade::config::Config) {
+        let limit = OperationLimit {
+            limit: 2,
+            window: "1h".parse().unwrap(),
+            scope: LimitScope::User,
+        };
+        c.operations.per_operation.insert("publish".into(), limit);
+    }
+
+    async fn publish(app: &TestApp) -> serde_json::Value {
+        app.post_as_service(PUBLISH, json!({})).await
+    }
+
+    #[tokio::test]
+    async fn a_per_operation_limit_spans_all_of_a_users_connections() {
+        let app = spawn_app_with(publish_limit).await;
+        // One call over HTTP, one over a WebSocket, both as user `svc`.
+        assert!(publish(&app).await["data"]["publish"]["id"].is_string());
+        let token = app.token_with(
+            "svc",
+            serde_json::Map::from_iter([("roles".to_string(), json!(["service"]))]),
+        );
+        let mut client = app.ws("graphql-transport-ws").await;
+        client
+            .send(json!({ "type": "connection_init", "payload": { "token": token } }))
+            .await;
+        assert_eq!(client.recv().await["type"], "connection_ack");
+        client
+            .send(json!({ "id": "p", "type": "subscribe", "payload": { "query": PUBLISH } }))
+            .await;
+        assert_eq!(client.recv().await["type"], "next");
+        assert_eq!(client.recv().await["type"], "complete");
+        // The third, on either path, is refused.
+        let refused = publish(&app).await;
+        let ext = &refused["errors"][0]["extensions"];
+        assert_eq!(
+            (
+                ext["code"].as_str(),
+                ext["limit"].as_u64(),
+                ext["windowSeconds"].as_u64()
+            ),
+            (Some("RATE_LIMITED"), Some(2), Some(3600))
+        );
+        // Another user has their own budget.
+        let other = app.token_with(
+            "svc2",
+            serde_json::Map::from_iter([("roles".to_string(), json!(["service"]))]),
+        );
+        assert!(
+            app.post_with_token(&other, PUBLISH, json!({})).await["data"]["publish"]["id"]
+                .is_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn with_redis_two_instances_share_one_budget_per_user() {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let tweak = |c: &mut palisade::config::Config| {
+            publish_limit(c);
+            c.streams.key_prefix = prefix.clone();
+        };
+        let redis = crate::http::redis_url();
+        let a = spawn_app_with_redis(&redis, tweak).await;
+        let b = spawn_app_with_redis(&redis, tweak).await;
+        assert!(publish(&a).await["data"]["publish"]["id"].is_string());
+        assert!(publish(&b).await["data"]["publish"]["id"].is_string());
+        assert_eq!(
+            publish(&a).await["errors"][0]["extensions"]["code"],
+            "RATE_LIMITED"
+        );
+        assert_eq!(
+            publish(&b).await["errors"][0]["extensions"]["code"],
+            "RATE_LIMITED"
+        );
+    }
+}
