@@ -220,6 +220,20 @@ pub struct Payload {
     pub introspection: bool,
     /// Whether errors suggest similar field names ("did you mean …"). Default `false`.
     pub field_suggestions: bool,
+    /// Rules for text users write (chat messages).
+    #[validate(nested)]
+    pub content: Content,
+}
+
+/// Content policy for user-written text. Control characters (other than newline and tab) are
+/// always refused with `BAD_USER_INPUT`. Clients must still escape what they display: this is
+/// not an HTML sanitizer.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Content {
+    /// Whether anything that looks like an HTML tag (`<…>`) is removed from messages before they
+    /// are published. Default `false`.
+    pub strip_html: bool,
 }
 
 impl Default for Payload {
@@ -236,6 +250,7 @@ impl Default for Payload {
             max_input_nesting: 32,
             introspection: true,
             field_suggestions: false,
+            content: Content::default(),
         }
     }
 }

@@ -20,8 +20,8 @@ use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 pub use data::{Grant, Retention, Streams, TopicRule, Topics};
 pub use limits::{
-    Connections, HttpLimit, LimitScope, OnExceed, OnUserLimit, OperationLimit, Operations, Payload,
-    RateLimit,
+    Connections, Content, HttpLimit, LimitScope, OnExceed, OnUserLimit, OperationLimit, Operations,
+    Payload, RateLimit,
 };
 pub use server::{Auth, Cors, Jwt, OriginCheck, Server, Session};
 

@@ -1,6 +1,7 @@
 //! The GraphQL schema and what every operation can see: the bus, this instance, and the identity
 //! of whoever sent it.
 
+mod chat;
 mod connection;
 mod observe;
 mod types;
@@ -27,10 +28,18 @@ pub use types::Query;
 use async_graphql::{MergedObject, MergedSubscription};
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(types::EventMutation, connection::ConnectionMutation);
+pub struct Mutation(
+    types::EventMutation,
+    chat::ChatMutation,
+    connection::ConnectionMutation,
+);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(types::EventSubscription, connection::ConnectionSubscription);
+pub struct Subscription(
+    types::EventSubscription,
+    chat::ChatSubscription,
+    connection::ConnectionSubscription,
+);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
