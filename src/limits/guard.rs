@@ -11,16 +11,19 @@ use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextValidation,
 };
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
 use async_graphql::{
-    ErrorExtensionValues, Request, Response, ServerError, ServerResult, Value, Variables,
+    ErrorExtensionValues, Request, Response, ServerError, ServerResult, ValidationResult, Value,
+    Variables,
 };
 use serde_json::json;
 
 use super::budget::{Standing, Verdict, Warning};
+use super::document::{Violation, check_document, check_variables, scan_query};
 use super::per_operation::OperationLimits;
 use crate::audit::{Audit, Entry, Severity};
 use crate::config::{Config, OnExceed};
@@ -73,6 +76,30 @@ pub fn refusal(message: impl Into<String>, code: &str, details: &[(&str, u64)]) 
 }
 
 impl GuardOperation {
+    /// The shape limits that need the parsed document (aliases, root fields, directives,
+    /// argument nesting).
+    fn check(
+        &self,
+        doc: ExecutableDocument,
+        name: Option<&str>,
+    ) -> ServerResult<ExecutableDocument> {
+        check_document(&doc, name, &self.config.payload).map_err(|v| self.reject(v))?;
+        Ok(doc)
+    }
+
+    /// A payload refusal: counted by limit, and answered with the limit and the measured value.
+    fn reject(&self, violation: Violation) -> ServerError {
+        self.metrics
+            .payload_rejections
+            .with_label_values(&[violation.code])
+            .inc();
+        refusal(
+            violation.message,
+            violation.code,
+            &[("limit", violation.limit), ("measured", violation.measured)],
+        )
+    }
+
     /// Counts the operation against its connection's budget; `Err` refuses it.
     fn count(&self, caller: &Caller) -> ServerResult<()> {
         let Some(handle) = &caller.connection else {
@@ -234,6 +261,7 @@ impl Extension for GuardOperation {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
+        check_variables(&request.variables, &self.config.payload).map_err(|v| self.reject(v))?;
         next.run(ctx, request).await
     }
 
@@ -243,34 +271,79 @@ impl Extension for GuardOperation {
         query: &str,
         variables: &Variables,
         next: NextParseQuery<'_>,
-    ) -> ServerResult<async_graphql::parser::types::ExecutableDocument> {
-        let parsed = next.run(ctx, query, variables).await;
-        if let Some(caller) = ctx.data_opt::<Caller>() {
-            let name = self.name.lock().expect("lock poisoned").clone();
-            // A document that does not even parse still cost the server: it counts.
-            let is_exempt = parsed
-                .as_ref()
-                .is_ok_and(|doc| exempt(&self.config, doc, name.as_deref(), variables));
-            if !is_exempt {
+    ) -> ServerResult<ExecutableDocument> {
+        let caller = ctx.data_opt::<Caller>();
+        let name = self.name.lock().expect("lock poisoned").clone();
+        // Size, tokens and nesting are judged before the parser sees the text: its recursion is
+        // what hostile nesting would exhaust.
+        if let Err(violation) = scan_query(query, &self.config.payload) {
+            // A hostile document still cost the server: it counts against the budget.
+            if let Some(caller) = caller {
                 self.count(caller)?;
             }
-            let operation = parsed
-                .as_ref()
-                .ok()
-                .and_then(|doc| selected(doc, name.as_deref()));
-            for field in operation.iter().flat_map(|op| root_fields(op)) {
-                if let Err(refused) = self.operations.check(field, caller).await {
-                    self.metrics.rate_limit_violations.inc();
-                    return Err(refused);
-                }
-            }
-            let subscription = operation.is_some_and(|op| op.ty == OperationType::Subscription);
-            if subscription {
-                // Its results are events the server pushes; they carry no standing.
-                self.standing.lock().expect("lock poisoned").take();
+            return Err(self.reject(violation));
+        }
+        let parsed = next.run(ctx, query, variables).await;
+        let Some(caller) = caller else {
+            return parsed.and_then(|doc| self.check(doc, name.as_deref()));
+        };
+        // A document that does not even parse still cost the server: it counts.
+        let is_exempt = parsed
+            .as_ref()
+            .is_ok_and(|doc| exempt(&self.config, doc, name.as_deref(), variables));
+        if !is_exempt {
+            self.count(caller)?;
+        }
+        let doc = self.check(parsed?, name.as_deref())?;
+        let operation = selected(&doc, name.as_deref());
+        for field in operation.iter().flat_map(|op| root_fields(op)) {
+            if let Err(refused) = self.operations.check(field, caller).await {
+                self.metrics.rate_limit_violations.inc();
+                return Err(refused);
             }
         }
-        parsed
+        if operation.is_some_and(|op| op.ty == OperationType::Subscription) {
+            // Its results are events the server pushes; they carry no standing.
+            self.standing.lock().expect("lock poisoned").take();
+        }
+        Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        // async-graphql measures depth and complexity while validating; they are judged here so
+        // the refusal names the limit and the measured value.
+        let result = next.run(ctx).await?;
+        let payload = &self.config.payload;
+        let judged = [
+            (
+                "MAX_DEPTH_LIMIT",
+                "deep",
+                result.depth as u64,
+                u64::from(payload.max_depth),
+            ),
+            (
+                "MAX_COMPLEXITY_LIMIT",
+                "complex",
+                result.complexity as u64,
+                u64::from(payload.max_complexity),
+            ),
+        ];
+        for (code, what, measured, limit) in judged {
+            if measured > limit {
+                let message = format!("Query is too {what}: {measured}; the limit is {limit}");
+                return Err(vec![self.reject(Violation {
+                    code,
+                    limit,
+                    measured,
+                    message,
+                })]);
+            }
+        }
+        Ok(result)
     }
 
     async fn execute(

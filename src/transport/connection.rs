@@ -26,9 +26,12 @@ use crate::startup::AppState;
 /// Reason prefix of closes the client started.
 const CLIENT_CLOSED: &str = "Closed by client: ";
 
-/// How long the connection waits for its writer to deliver the close frame, and then for the
-/// client's answering close frame.
+/// How long the connection waits for its writer to deliver the close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
+
+/// How long it then waits for the client's answering close frame; a client that never answers
+/// only delays its own connection-log row by this much.
+const CLOSE_ANSWER: Duration = Duration::from_secs(2);
 
 /// Between a notice (REPLACED, REVOKED, a final rate-limit warning) and the close it announces, so
 /// the subscription carrying it gets to deliver it first.
@@ -93,7 +96,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
                 }
             }
         };
-        let _ = tokio::time::timeout(WRITER_GRACE, answered).await;
+        let _ = tokio::time::timeout(CLOSE_ANSWER, answered).await;
     }
     state.metrics.connections_active.dec();
     state

@@ -274,7 +274,7 @@ pub type ConnectionRow = (Option<String>, String, String, Option<i32>, Option<St
 /// The connection log, oldest first, once every row is closed out (connections end asynchronously
 /// after the client's close).
 pub async fn closed_connection_rows(db: &Database) -> Vec<ConnectionRow> {
-    for _ in 0..100 {
+    for _ in 0..300 {
         let rows: Vec<ConnectionRow> = palisade::on_pool!(db, |pool| {
             sqlx::query_as("SELECT user_id, subprotocol, ip, close_code, reason FROM connection_log ORDER BY connected_at")
                 .fetch_all(pool)

@@ -1,0 +1,117 @@
+//! Per-operation cost of the hardening extension (budget, payload checks, exemptions): the same
+//! operations run through the schema with the extension and without it, in one process, and the
+//! ratio is printed. Run with `cargo bench --bench operations`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_graphql::{Request, Schema};
+use palisade::audit::Audit;
+use palisade::auth::secret::HmacSecret;
+use palisade::auth::{Authenticator, Identity, Method, Verifier};
+use palisade::bus::{Bus, MemoryBus};
+use palisade::config::Config;
+use palisade::db::Database;
+use palisade::graphql::{self, Caller, Instance, Mutation, Query, Services, Subscription};
+use palisade::limits::per_operation::OperationLimits;
+use palisade::metrics::Metrics;
+use palisade::transport::control::ConnectionHandle;
+
+const ROUNDS: usize = 5;
+const OPERATIONS: usize = 20_000;
+
+/// Representative operations: a small query, a wider one with aliases and variables.
+const QUERIES: [&str; 2] = [
+    "{ me { id } }",
+    "query Q($a: Boolean!) { a: me { id claims } b: serverInfo { version instanceId uptimeSeconds } c: me @include(if: $a) { id } }",
+];
+
+fn caller(config: &Config) -> Caller {
+    let mut rate_limit = config.operations.rate_limit.clone();
+    // A budget that never runs out, so every operation does the full amount of work.
+    rate_limit.limit = u32::MAX;
+    let (handle, _control) = ConnectionHandle::new("bench".into(), &rate_limit);
+    let identity = Identity {
+        user_id: "bench".into(),
+        claims: Default::default(),
+        method: Method::Jwt,
+        expires_at: None,
+        session_id: None,
+    };
+    Caller {
+        identity: Some(identity),
+        connection_id: Some("bench".into()),
+        ip: Some("127.0.0.1".into()),
+        connection: Some(handle),
+    }
+}
+
+async fn run(schema: &graphql::AppSchema, caller: &Caller, n: usize) -> Duration {
+    let started = Instant::now();
+    for i in 0..n {
+        let query = QUERIES[i % QUERIES.len()];
+        let request = Request::new(query)
+            .variables(async_graphql::Variables::from_json(
+                serde_json::json!({ "a": true }),
+            ))
+            .data(caller.clone());
+        let response = schema.execute(request).await;
+        assert!(response.is_ok(), "{:?}", response.errors);
+    }
+    started.elapsed()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let config = Arc::new(Config::default());
+    let db = Database::connect("sqlite::memory:").await?;
+    let metrics = Arc::new(Metrics::new("bench"));
+    let secret = HmacSecret {
+        bytes: b"bench".to_vec(),
+        development: false,
+    };
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(16, 16));
+    let instance = Arc::new(Instance {
+        id: "bench".into(),
+        started: std::time::Instant::now(),
+    });
+    let hardened = graphql::build(Services {
+        config: config.clone(),
+        operations: Arc::new(OperationLimits::new(&config.operations, None)?),
+        auth: Arc::new(Authenticator::new(
+            Verifier::new(&config.auth.jwt, &secret)?,
+            true,
+            None,
+        )),
+        bus: bus.clone(),
+        db: db.clone(),
+        audit: Audit::start(db, metrics.clone()),
+        instance: instance.clone(),
+        metrics,
+    });
+    let bare = Schema::build(Query, Mutation::default(), Subscription::default())
+        .data(instance)
+        .data(bus)
+        .finish();
+    let caller = caller(&config);
+
+    // Warm both up, then interleave rounds so drift in the machine's load affects both alike.
+    run(&hardened, &caller, 1_000).await;
+    run(&bare, &caller, 1_000).await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        with.push(run(&hardened, &caller, OPERATIONS).await);
+        without.push(run(&bare, &caller, OPERATIONS).await);
+    }
+    let per_op = |d: &Duration| d.as_secs_f64() * 1e6 / OPERATIONS as f64;
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        per_op(&v[v.len() / 2])
+    };
+    let (with, without) = (median(&mut with), median(&mut without));
+    println!("operations per round: {OPERATIONS}, rounds: {ROUNDS} (median shown)");
+    println!("without the hardening extension: {without:8.2} µs/operation");
+    println!("with the hardening extension:    {with:8.2} µs/operation");
+    println!("ratio (with / without):          {:8.2}x", with / without);
+    Ok(())
+}
