@@ -1,6 +1,7 @@
 //! Limits on what clients may send and how often.
 
 pub mod budget;
+pub mod document;
 pub mod guard;
 pub mod http;
 pub mod keyed;
