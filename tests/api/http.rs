@@ -187,3 +187,40 @@ async fn readyz_fails_with_503_naming_redis_when_it_is_unreachable() {
     assert_eq!(body["checks"]["database"]["ok"], true);
     assert_eq!(body["checks"]["redis"]["ok"], false);
 }
+
+#[tokio::test]
+async fn introspection_and_suggestions_follow_the_payload_switches() {
+    let open = spawn_app().await;
+    let schema = open
+        .post("alice", "{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert_eq!(schema["data"]["__schema"]["queryType"]["name"], "Query");
+
+    let closed = crate::helpers::spawn_app_with(|c| {
+        c.payload.introspection = false;
+        c.payload.field_suggestions = false;
+    })
+    .await;
+    let schema = closed
+        .post("alice", "{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert!(schema["errors"].is_array(), "{schema}");
+    let typo = closed.post("alice", "{ mee { id } }", json!({})).await;
+    assert!(
+        !typo["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Did you mean"),
+        "{typo}"
+    );
+
+    let suggesting = crate::helpers::spawn_app_with(|c| c.payload.field_suggestions = true).await;
+    let typo = suggesting.post("alice", "{ mee { id } }", json!({})).await;
+    assert!(
+        typo["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Did you mean"),
+        "{typo}"
+    );
+}
