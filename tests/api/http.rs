@@ -206,7 +206,7 @@ async fn introspection_and_suggestions_follow_the_payload_switches() {
         .await;
     // async-graphql answers disabled introspection with no schema rather than an error.
     assert!(schema["data"]["__schema"].is_null(), "{schema}");
-    let typo = closed.post("alice", "{ mee { id } }", json!({})).await;
+    let typo = closed.post("alice", "{ serverInfoo { version } }", json!({})).await;
     assert!(
         !typo["errors"][0]["message"]
             .as_str()
@@ -216,7 +216,7 @@ async fn introspection_and_suggestions_follow_the_payload_switches() {
     );
 
     let suggesting = crate::helpers::spawn_app_with(|c| c.payload.field_suggestions = true).await;
-    let typo = suggesting.post("alice", "{ mee { id } }", json!({})).await;
+    let typo = suggesting.post("alice", "{ serverInfoo { version } }", json!({})).await;
     assert!(
         typo["errors"][0]["message"]
             .as_str()
