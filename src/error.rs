@@ -15,6 +15,9 @@ pub enum Error {
     /// No valid credentials. The message is always the same, whatever the cause.
     #[error("authentication required")]
     Unauthenticated,
+    /// The request body is larger than `payload.max_message_bytes` (the limit, in bytes).
+    #[error("the request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
     /// Valid credentials, not enough rights.
     #[error("{0}")]
     Forbidden(String),
@@ -31,6 +34,7 @@ impl Error {
         match self {
             Error::BadUserInput(_) => "BAD_USER_INPUT",
             Error::Unauthenticated => "UNAUTHENTICATED",
+            Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Error::Forbidden(_) => "FORBIDDEN",
             Error::BusUnavailable(_) => "BUS_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_SERVER_ERROR",
@@ -41,6 +45,7 @@ impl Error {
         match self {
             Error::BadUserInput(_) => StatusCode::BAD_REQUEST,
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

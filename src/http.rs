@@ -69,6 +69,14 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
             return Error::Unauthenticated.into_response();
         }
     };
+    // The GraphQL extractor streams the body and ignores axum's body limit, so the body is read
+    // here, bounded by `payload.max_message_bytes`, before it is parsed.
+    let (parts, body) = request.into_parts();
+    let limit = state.config.payload.max_message_bytes.bytes();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Error::PayloadTooLarge(limit).into_response();
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
     let request =
         match GraphQLRequest::<async_graphql_axum::rejection::GraphQLRejection>::from_request(
             request, &state,

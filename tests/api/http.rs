@@ -225,3 +225,19 @@ async fn introspection_and_suggestions_follow_the_payload_switches() {
         "{typo}"
     );
 }
+
+#[tokio::test]
+async fn an_http_body_over_max_message_bytes_is_refused_with_413() {
+    let app = crate::helpers::spawn_app_with(|c| c.payload.max_message_bytes = "4KiB".parse().unwrap()).await;
+    let query = format!("{{ me {{ id }} }} # {}", "x".repeat(8 * 1024));
+    let response = reqwest::Client::new()
+        .post(app.url("/graphql"))
+        .bearer_auth(app.token("alice"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE");
+}
