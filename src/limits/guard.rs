@@ -13,6 +13,7 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
     NextValidation,
 };
+use async_graphql::parser::parse_query;
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
@@ -76,17 +77,6 @@ pub fn refusal(message: impl Into<String>, code: &str, details: &[(&str, u64)]) 
 }
 
 impl GuardOperation {
-    /// The shape limits that need the parsed document (aliases, root fields, directives,
-    /// argument nesting).
-    fn check(
-        &self,
-        doc: ExecutableDocument,
-        name: Option<&str>,
-    ) -> ServerResult<ExecutableDocument> {
-        check_document(&doc, name, &self.config.payload).map_err(|v| self.reject(v))?;
-        Ok(doc)
-    }
-
     /// A payload refusal: counted by limit, and answered with the limit and the measured value.
     fn reject(&self, violation: Violation) -> ServerError {
         self.metrics
@@ -275,8 +265,16 @@ impl Extension for GuardOperation {
         let caller = ctx.data_opt::<Caller>();
         let name = self.name.lock().expect("lock poisoned").clone();
         // Size, tokens and nesting are judged before the parser sees the text: its recursion is
-        // what hostile nesting would exhaust.
-        if let Err(violation) = scan_query(query, &self.config.payload) {
+        // what hostile nesting would exhaust. Then the document's shape, on a parse of our own: async-graphql's parse step expands
+        // fragment spreads while checking recursion, which a fan-out of fragments turns into
+        // exponential work before any later hook could refuse it. A text that does not parse is
+        // left to async-graphql, which reports the syntax error.
+        let shape =
+            scan_query(query, &self.config.payload).and_then(|()| match parse_query(query) {
+                Ok(doc) => check_document(&doc, name.as_deref(), &self.config.payload),
+                Err(_) => Ok(()),
+            });
+        if let Err(violation) = shape {
             // A hostile document still cost the server: it counts against the budget.
             if let Some(caller) = caller {
                 self.count(caller)?;
@@ -284,9 +282,7 @@ impl Extension for GuardOperation {
             return Err(self.reject(violation));
         }
         let parsed = next.run(ctx, query, variables).await;
-        let Some(caller) = caller else {
-            return parsed.and_then(|doc| self.check(doc, name.as_deref()));
-        };
+        let Some(caller) = caller else { return parsed };
         // A document that does not even parse still cost the server: it counts.
         let is_exempt = parsed
             .as_ref()
@@ -294,7 +290,7 @@ impl Extension for GuardOperation {
         if !is_exempt {
             self.count(caller)?;
         }
-        let doc = self.check(parsed?, name.as_deref())?;
+        let doc = parsed?;
         let operation = selected(&doc, name.as_deref());
         for field in operation.iter().flat_map(|op| root_fields(op)) {
             if let Err(refused) = self.operations.check(field, caller).await {

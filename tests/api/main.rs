@@ -6,6 +6,7 @@ mod connection_limits;
 mod connection_log;
 mod graphql_ws;
 mod helpers;
+mod hostile;
 mod http;
 mod http_limits;
 mod jwt;
