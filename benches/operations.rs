@@ -26,6 +26,53 @@ const QUERIES: [&str; 2] = [
     "query Q($a: Boolean!) { a: me { id claims } b: serverInfo { version instanceId uptimeSeconds } c: me @include(if: $a) { id } }",
 ];
 
+/// Documents built to exhaust a parser or validator: deep nesting, many aliases, fan-out.
+fn hostile() -> Vec<(&'static str, String)> {
+    let fan_out: String = (0..30)
+        .map(|i| format!("fragment F{i} on Query {{ ...F{} ...F{} }} ", i + 1, i + 1))
+        .collect();
+    vec![
+        (
+            "5,000 nested list literals",
+            format!(
+                "{{ me(x: {}{}) {{ id }} }}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+        ),
+        (
+            "5,000 nested selections",
+            format!("{}{}", "{ me ".repeat(5000), "}".repeat(5000)),
+        ),
+        (
+            "3,000 aliases",
+            format!(
+                "{{ {} }}",
+                (0..3000)
+                    .map(|i| format!("a{i}: me {{ id }}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        ),
+        (
+            "3,000 directives",
+            format!("{{ me {} {{ id }} }}", "@skip(if: false) ".repeat(3000)),
+        ),
+        (
+            "fragment cycle",
+            "fragment A on Query { ...B } fragment B on Query { ...A } { ...A }".to_string(),
+        ),
+        (
+            "fragment fan-out (2^30)",
+            format!("{{ ...F0 }} {fan_out} fragment F30 on Query {{ me {{ id }} }}"),
+        ),
+        (
+            "50,000 tokens",
+            format!("{{ me {{ {} }} }}", "id ".repeat(50_000)),
+        ),
+    ]
+}
+
 fn caller(config: &Config) -> Caller {
     let mut rate_limit = config.operations.rate_limit.clone();
     // A budget that never runs out, so every operation does the full amount of work.
@@ -113,5 +160,24 @@ async fn main() -> anyhow::Result<()> {
     println!("without the hardening extension: {without:8.2} µs/operation");
     println!("with the hardening extension:    {with:8.2} µs/operation");
     println!("ratio (with / without):          {:8.2}x", with / without);
+
+    // What refusing hostile documents costs, through the same hardened schema.
+    println!("\nrefusing hostile documents (median of {ROUNDS}):");
+    for (name, query) in hostile() {
+        let mut times = Vec::new();
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            let response = hardened
+                .execute(Request::new(query.clone()).data(caller.clone()))
+                .await;
+            times.push(started.elapsed());
+            assert!(response.is_err(), "{name} was accepted");
+        }
+        times.sort();
+        println!(
+            "  {name:<40} {:>10.1} µs",
+            times[ROUNDS / 2].as_secs_f64() * 1e6
+        );
+    }
     Ok(())
 }

@@ -206,7 +206,9 @@ async fn introspection_and_suggestions_follow_the_payload_switches() {
         .await;
     // async-graphql answers disabled introspection with no schema rather than an error.
     assert!(schema["data"]["__schema"].is_null(), "{schema}");
-    let typo = closed.post("alice", "{ serverInfoo { version } }", json!({})).await;
+    let typo = closed
+        .post("alice", "{ serverInfoo { version } }", json!({}))
+        .await;
     assert!(
         !typo["errors"][0]["message"]
             .as_str()
@@ -216,7 +218,9 @@ async fn introspection_and_suggestions_follow_the_payload_switches() {
     );
 
     let suggesting = crate::helpers::spawn_app_with(|c| c.payload.field_suggestions = true).await;
-    let typo = suggesting.post("alice", "{ serverInfoo { version } }", json!({})).await;
+    let typo = suggesting
+        .post("alice", "{ serverInfoo { version } }", json!({}))
+        .await;
     assert!(
         typo["errors"][0]["message"]
             .as_str()
@@ -228,7 +232,9 @@ async fn introspection_and_suggestions_follow_the_payload_switches() {
 
 #[tokio::test]
 async fn an_http_body_over_max_message_bytes_is_refused_with_413() {
-    let app = crate::helpers::spawn_app_with(|c| c.payload.max_message_bytes = "4KiB".parse().unwrap()).await;
+    let app =
+        crate::helpers::spawn_app_with(|c| c.payload.max_message_bytes = "4KiB".parse().unwrap())
+            .await;
     let query = format!("{{ me {{ id }} }} # {}", "x".repeat(8 * 1024));
     let response = reqwest::Client::new()
         .post(app.url("/graphql"))
@@ -240,4 +246,48 @@ async fn an_http_body_over_max_message_bytes_is_refused_with_413() {
     assert_eq!(response.status(), 413);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn payload_refusals_name_the_limit_and_are_counted_by_limit() {
+    let app = crate::helpers::spawn_app_with(|c| c.payload.max_depth = 2).await;
+    let refused = app.post("alice", "{ me { id } }", json!({})).await;
+    assert!(
+        refused["data"]["me"]["id"].is_string(),
+        "depth 2 is allowed: {refused}"
+    );
+    let refused = app.post("alice", "{ a: me { id } b: serverInfo { version } c: me { claims } d: me { id } e: me { id } f: me { id } g: me { id } h: me { id } i: me { id } j: me { id } k: me { id } l: me { id } m: me { id } n: me { id } o: me { id } p: me { id } }", json!({})).await;
+    let ext = &refused["errors"][0]["extensions"];
+    assert_eq!(
+        (
+            ext["code"].as_str(),
+            ext["limit"].as_u64(),
+            ext["measured"].as_u64()
+        ),
+        (Some("MAX_ALIASES_LIMIT"), Some(15), Some(16)),
+        "{refused}"
+    );
+    let deep = app
+        .post(
+            "alice",
+            "{ me { id } serverInfo { version } __schema { types { fields { name } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        deep["errors"][0]["extensions"]["code"], "MAX_DEPTH_LIMIT",
+        "{deep}"
+    );
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "palisade_payload_rejections_total{limit=\"MAX_ALIASES_LIMIT\"} 1",
+        "palisade_payload_rejections_total{limit=\"MAX_DEPTH_LIMIT\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line}");
+    }
 }
