@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_graphql::{Request, Schema};
 use palisade::audit::Audit;
 use palisade::auth::secret::HmacSecret;
 use palisade::auth::{Authenticator, Identity, Method, Verifier};
 use palisade::bus::{Bus, MemoryBus};
-use palisade::config::Config;
+use palisade::config::{Config, LiveConfig};
 use palisade::db::Database;
 use palisade::graphql::{self, Caller, Instance, Mutation, Query, Services, Subscription};
 use palisade::limits::per_operation::OperationLimits;
@@ -73,11 +74,8 @@ fn hostile() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn caller(config: &Config) -> Caller {
-    let mut rate_limit = config.operations.rate_limit.clone();
-    // A budget that never runs out, so every operation does the full amount of work.
-    rate_limit.limit = u32::MAX;
-    let (handle, _control) = ConnectionHandle::new("bench".into(), &rate_limit);
+fn caller(live: &LiveConfig) -> Caller {
+    let (handle, _control) = ConnectionHandle::new("bench".into(), live.clone());
     let identity = Identity {
         user_id: "bench".into(),
         claims: Default::default(),
@@ -110,7 +108,11 @@ async fn run(schema: &graphql::AppSchema, caller: &Caller, n: usize) -> Duration
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let config = Arc::new(Config::default());
+    let mut config = Config::default();
+    // A budget that never runs out, so every operation does the full amount of work.
+    config.operations.rate_limit.limit = u32::MAX;
+    let config = Arc::new(config);
+    let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
     let db = Database::connect("sqlite::memory:").await?;
     let metrics = Arc::new(Metrics::new("bench"));
     let secret = HmacSecret {
@@ -124,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let hardened = graphql::build(Services {
         config: config.clone(),
+        live: live.clone(),
         operations: Arc::new(OperationLimits::new(&config.operations, None)?),
         auth: Arc::new(Authenticator::new(
             Verifier::new(&config.auth.jwt, &secret)?,
@@ -140,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         .data(instance)
         .data(bus)
         .finish();
-    let caller = caller(&config);
+    let caller = caller(&live);
 
     // Warm both up, then interleave rounds so drift in the machine's load affects both alike.
     run(&hardened, &caller, 1_000).await;

@@ -216,8 +216,8 @@ mod tests {
     #[tokio::test]
     async fn close_oldest_tells_the_oldest_connection_it_was_replaced() {
         let registry = Registry::new(&limits(1, OnUserLimit::CloseOldest));
-        let (old, mut old_rx) = ConnectionHandle::new("old".into(), &Default::default());
-        let (new, _new_rx) = ConnectionHandle::new("new".into(), &Default::default());
+        let (old, mut old_rx) = ConnectionHandle::new("old".into(), Default::default());
+        let (new, _new_rx) = ConnectionHandle::new("new".into(), Default::default());
         let _old_slot = registry.admit_user("u", old, None).unwrap();
         let (_slot, replaced) = registry.admit_user("u", new, None).unwrap();
         assert_eq!(replaced.as_deref(), Some("old"));

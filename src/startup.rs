@@ -23,7 +23,9 @@ use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
 use crate::bus::{Bus, MemoryBus};
 use crate::client_ip::ClientIp;
-use crate::config::Config;
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::http;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// The configuration as reloads change it; budgets and payload limits follow it.
+    pub live: LiveConfig,
     /// The client address behind `server.trusted_proxies`.
     pub client_ip: ClientIp,
     /// Budgets of single operations per user (`operations.per_operation`).
@@ -116,7 +120,9 @@ impl Application {
             )
             .context("setting up per-operation limits")?,
         );
+        let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
         let schema = graphql::build(Services {
+            live: live.clone(),
             operations: operations.clone(),
             config: config.clone(),
             auth: auth.clone(),
@@ -132,6 +138,7 @@ impl Application {
             registry: Registry::new(&config.connections),
             operations,
             client_ip: ClientIp::new(&config.server.trusted_proxies),
+            live,
             schema,
             db,
             metrics,

@@ -99,7 +99,7 @@ impl Default for Operations {
 }
 
 /// A connection's operation budget.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimit {
     /// Operations allowed per `window`. Default `100`; operation `limit + 1` is refused with

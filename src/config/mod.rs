@@ -56,6 +56,10 @@ pub struct Config {
     pub retention: Retention,
 }
 
+/// The configuration as it is now: read at each use by what must follow a reload on live
+/// connections (operation budgets and payload limits); a reload stores a new version.
+pub type LiveConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
+
 /// One broken rule: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -14,7 +14,7 @@ use async_graphql::{Context, ErrorExtensions, Schema};
 use crate::audit::{Audit, Entry, Severity};
 use crate::auth::{Authenticator, Identity};
 use crate::bus::Bus;
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::error::Error;
 use crate::limits::guard::Guard;
@@ -94,6 +94,8 @@ pub async fn authorize(
 /// What resolvers reach through the schema data.
 pub struct Services {
     pub config: Arc<Config>,
+    /// The reloadable configuration the per-operation guard reads.
+    pub live: LiveConfig,
     pub operations: Arc<OperationLimits>,
     pub auth: Arc<Authenticator>,
     pub bus: Arc<dyn Bus>,
@@ -107,6 +109,7 @@ pub struct Services {
 pub fn build(services: Services) -> AppSchema {
     let Services {
         config,
+        live,
         operations,
         auth,
         bus,
@@ -117,7 +120,7 @@ pub fn build(services: Services) -> AppSchema {
     } = services;
     let payload = &config.payload;
     let guard = Guard {
-        config: config.clone(),
+        live,
         metrics: metrics.clone(),
         audit: audit.clone(),
         operations,

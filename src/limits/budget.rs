@@ -1,6 +1,10 @@
 //! A connection's operation budget: `operations.rate_limit.limit` operations per `window`, as a
 //! GCRA (governor) whose burst is the whole limit, so operations 1..=limit pass at once and
 //! operation limit+1 is refused until the window frees capacity.
+//!
+//! The budget reads `operations.rate_limit` from the live configuration on every operation: when a
+//! reload changed it, the quota is rebuilt (with a fresh count), so new limits apply to connections
+//! that are already open.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -13,7 +17,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::config::{OnExceed, RateLimit};
+use crate::config::{LiveConfig, OnExceed, RateLimit};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -44,67 +48,34 @@ pub enum Verdict {
     Pass(Standing),
     /// Passed, and the warning threshold was crossed: warn (at most once per window).
     Warn(Standing),
-    Refuse(Standing),
+    Refuse(Standing, OnExceed),
 }
 
-impl std::fmt::Debug for Budget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budget")
-            .field("limit", &self.limit)
-            .field("window", &self.window)
-            .finish_non_exhaustive()
-    }
-}
-
-pub struct Budget {
+/// The quota built from one version of `operations.rate_limit`.
+struct ActiveQuota {
+    rules: RateLimit,
     limiter: Limiter,
     limit: u32,
     window: Duration,
     warn_from: u32,
-    pub on_exceed: OnExceed,
-    last_warning: Mutex<Option<Instant>>,
-    warnings: broadcast::Sender<Warning>,
+    last_warning: Option<Instant>,
 }
 
-impl Budget {
-    pub fn new(config: &RateLimit) -> Self {
-        let limit = NonZeroU32::new(config.limit).unwrap_or(NonZeroU32::MIN);
-        let window = config.window.get().max(Duration::from_millis(1));
+impl ActiveQuota {
+    fn new(rules: &RateLimit) -> Self {
+        let limit = NonZeroU32::new(rules.limit).unwrap_or(NonZeroU32::MIN);
+        let window = rules.window.get().max(Duration::from_millis(1));
         // One unit comes back every window/limit; the burst is the whole limit.
         let quota = Quota::with_period(window / limit.get())
             .unwrap_or_else(|| Quota::per_second(limit))
             .allow_burst(limit);
         Self {
+            rules: rules.clone(),
             limiter: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
             limit: limit.get(),
             window,
-            warn_from: (config.warn_at * f64::from(limit.get())).ceil() as u32,
-            on_exceed: config.on_exceed,
-            last_warning: Mutex::new(None),
-            warnings: broadcast::channel(WARNING_BUFFER).0,
-        }
-    }
-
-    /// Counts one operation.
-    pub fn consume(&self) -> Verdict {
-        match self.limiter.check() {
-            Ok(snapshot) => {
-                let current = self.limit - snapshot.remaining_burst_capacity();
-                let standing = self.standing(
-                    current,
-                    self.window
-                        .mul_f64(f64::from(current) / f64::from(self.limit)),
-                );
-                if current >= self.warn_from && self.first_warning_this_window() {
-                    Verdict::Warn(standing)
-                } else {
-                    Verdict::Pass(standing)
-                }
-            }
-            Err(not_until) => Verdict::Refuse(self.standing(
-                self.limit,
-                not_until.wait_time_from(DefaultClock::default().now()),
-            )),
+            warn_from: (rules.warn_at * f64::from(limit.get())).ceil() as u32,
+            last_warning: None,
         }
     }
 
@@ -116,15 +87,63 @@ impl Budget {
             retry_after_seconds: retry_after.as_secs_f64().ceil() as u64,
         }
     }
+}
 
-    fn first_warning_this_window(&self) -> bool {
-        let mut last = self.last_warning.lock().expect("budget lock poisoned");
-        let now = Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < self.window) {
-            return false;
+pub struct Budget {
+    live: LiveConfig,
+    quota: Mutex<ActiveQuota>,
+    warnings: broadcast::Sender<Warning>,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget").finish_non_exhaustive()
+    }
+}
+
+impl Budget {
+    pub fn new(live: LiveConfig) -> Self {
+        let quota = ActiveQuota::new(&live.load().operations.rate_limit);
+        Self {
+            live,
+            quota: Mutex::new(quota),
+            warnings: broadcast::channel(WARNING_BUFFER).0,
         }
-        *last = Some(now);
-        true
+    }
+
+    /// Counts one operation.
+    pub fn consume(&self) -> Verdict {
+        let mut quota = self.quota.lock().expect("budget lock poisoned");
+        let rules = &self.live.load().operations.rate_limit;
+        if *rules != quota.rules {
+            *quota = ActiveQuota::new(rules);
+        }
+        match quota.limiter.check() {
+            Ok(snapshot) => {
+                let current = quota.limit - snapshot.remaining_burst_capacity();
+                let until_whole = quota
+                    .window
+                    .mul_f64(f64::from(current) / f64::from(quota.limit));
+                let standing = quota.standing(current, until_whole);
+                let now = Instant::now();
+                let warned_this_window = quota
+                    .last_warning
+                    .is_some_and(|at| now.duration_since(at) < quota.window);
+                if current >= quota.warn_from && !warned_this_window {
+                    quota.last_warning = Some(now);
+                    Verdict::Warn(standing)
+                } else {
+                    Verdict::Pass(standing)
+                }
+            }
+            Err(not_until) => {
+                let standing = quota.standing(
+                    quota.limit,
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                );
+                Verdict::Refuse(standing, quota.rules.on_exceed)
+            }
+        }
     }
 
     pub fn warn(&self, warning: Warning) {
@@ -139,33 +158,37 @@ impl Budget {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
 
-    fn budget(limit: u32) -> Budget {
-        let config = RateLimit {
-            limit,
-            window: crate::config::units::Duration::secs(60),
-            ..RateLimit::default()
-        };
-        Budget::new(&config)
+    use arc_swap::ArcSwap;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn live(limit: u32) -> LiveConfig {
+        let mut config = Config::default();
+        config.operations.rate_limit.limit = limit;
+        config.operations.rate_limit.window = crate::config::units::Duration::secs(3600);
+        Arc::new(ArcSwap::from_pointee(config))
     }
 
     #[test]
     fn the_warning_comes_at_the_80th_of_100_once_and_the_101st_is_refused() {
-        let budget = budget(100);
+        let budget = Budget::new(live(100));
         let mut warned_at = Vec::new();
         for n in 1..=100 {
             match budget.consume() {
                 Verdict::Pass(s) => assert_eq!(s.current, n),
                 Verdict::Warn(s) => warned_at.push(s.current),
-                Verdict::Refuse(_) => panic!("operation {n} refused"),
+                Verdict::Refuse(..) => panic!("operation {n} refused"),
             }
         }
         assert_eq!(warned_at, [80]);
         match budget.consume() {
-            Verdict::Refuse(s) => {
-                assert_eq!((s.current, s.limit, s.window_seconds), (100, 100, 60));
-                assert!((1..=1).contains(&s.retry_after_seconds), "{s:?}");
+            Verdict::Refuse(s, on_exceed) => {
+                assert_eq!((s.current, s.limit, s.window_seconds), (100, 100, 3600));
+                assert_eq!(on_exceed, OnExceed::Disconnect);
+                assert!(s.retry_after_seconds >= 1, "{s:?}");
             }
             _ => panic!("operation 101 passed"),
         }
@@ -173,10 +196,29 @@ mod tests {
 
     #[test]
     fn a_small_limit_rounds_the_threshold_up() {
-        let budget = budget(3);
+        let budget = Budget::new(live(3));
         assert!(matches!(budget.consume(), Verdict::Pass(_)));
         assert!(matches!(budget.consume(), Verdict::Pass(_)));
         assert!(matches!(budget.consume(), Verdict::Warn(s) if s.current == 3));
-        assert!(matches!(budget.consume(), Verdict::Refuse(_)));
+        assert!(matches!(budget.consume(), Verdict::Refuse(..)));
+    }
+
+    #[test]
+    fn a_reloaded_limit_applies_to_a_live_budget() {
+        let config = live(100);
+        let budget = Budget::new(config.clone());
+        for _ in 0..10 {
+            budget.consume();
+        }
+        let mut stricter = (**config.load()).clone();
+        stricter.operations.rate_limit.limit = 2;
+        stricter.operations.rate_limit.on_exceed = OnExceed::Reject;
+        config.store(Arc::new(stricter));
+        assert!(matches!(budget.consume(), Verdict::Pass(s) if s.limit == 2));
+        assert!(matches!(budget.consume(), Verdict::Warn(s) if s.current == 2));
+        assert!(matches!(
+            budget.consume(),
+            Verdict::Refuse(_, OnExceed::Reject)
+        ));
     }
 }

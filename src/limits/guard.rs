@@ -27,7 +27,7 @@ use super::budget::{Standing, Verdict, Warning};
 use super::document::{Violation, check_document, check_variables, scan_query};
 use super::per_operation::OperationLimits;
 use crate::audit::{Audit, Entry, Severity};
-use crate::config::{Config, OnExceed};
+use crate::config::{Config, LiveConfig, OnExceed};
 use crate::graphql::Caller;
 use crate::metrics::Metrics;
 use crate::topics;
@@ -35,7 +35,8 @@ use crate::transport::control::Control;
 use crate::transport::protocol::{Close, code};
 
 pub struct Guard {
-    pub config: Arc<Config>,
+    /// Read at each operation, so a reload applies to live connections.
+    pub live: LiveConfig,
     pub metrics: Arc<Metrics>,
     pub audit: Audit,
     pub operations: Arc<OperationLimits>,
@@ -44,7 +45,7 @@ pub struct Guard {
 impl ExtensionFactory for Guard {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(GuardOperation {
-            config: self.config.clone(),
+            live: self.live.clone(),
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
             operations: self.operations.clone(),
@@ -56,7 +57,7 @@ impl ExtensionFactory for Guard {
 
 /// One per operation (async-graphql creates extensions per operation).
 struct GuardOperation {
-    config: Arc<Config>,
+    live: LiveConfig,
     metrics: Arc<Metrics>,
     audit: Audit,
     operations: Arc<OperationLimits>,
@@ -128,11 +129,11 @@ impl GuardOperation {
                 });
                 Ok(())
             }
-            Verdict::Refuse(standing) => {
+            Verdict::Refuse(standing, on_exceed) => {
                 tracing::warn!(connection_id = %handle.id, user_id = ?user, count = standing.current, limit = standing.limit, "operation budget exceeded");
                 record("rate_limit.exceeded", &standing);
                 self.metrics.rate_limit_violations.inc();
-                if budget.on_exceed == OnExceed::Disconnect {
+                if on_exceed == OnExceed::Disconnect {
                     let message = "Operation budget exceeded: closing the connection; reconnect to get a fresh budget".to_string();
                     budget.warn(Warning {
                         standing,
@@ -251,7 +252,8 @@ impl Extension for GuardOperation {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
-        check_variables(&request.variables, &self.config.payload).map_err(|v| self.reject(v))?;
+        check_variables(&request.variables, &self.live.load().payload)
+            .map_err(|v| self.reject(v))?;
         next.run(ctx, request).await
     }
 
@@ -264,16 +266,16 @@ impl Extension for GuardOperation {
     ) -> ServerResult<ExecutableDocument> {
         let caller = ctx.data_opt::<Caller>();
         let name = self.name.lock().expect("lock poisoned").clone();
+        let config = self.live.load();
         // Size, tokens and nesting are judged before the parser sees the text: its recursion is
         // what hostile nesting would exhaust. Then the document's shape, on a parse of our own: async-graphql's parse step expands
         // fragment spreads while checking recursion, which a fan-out of fragments turns into
         // exponential work before any later hook could refuse it. A text that does not parse is
         // left to async-graphql, which reports the syntax error.
-        let shape =
-            scan_query(query, &self.config.payload).and_then(|()| match parse_query(query) {
-                Ok(doc) => check_document(&doc, name.as_deref(), &self.config.payload),
-                Err(_) => Ok(()),
-            });
+        let shape = scan_query(query, &config.payload).and_then(|()| match parse_query(query) {
+            Ok(doc) => check_document(&doc, name.as_deref(), &config.payload),
+            Err(_) => Ok(()),
+        });
         if let Err(violation) = shape {
             // A hostile document still cost the server: it counts against the budget.
             if let Some(caller) = caller {
@@ -286,7 +288,7 @@ impl Extension for GuardOperation {
         // A document that does not even parse still cost the server: it counts.
         let is_exempt = parsed
             .as_ref()
-            .is_ok_and(|doc| exempt(&self.config, doc, name.as_deref(), variables));
+            .is_ok_and(|doc| exempt(&config, doc, name.as_deref(), variables));
         if !is_exempt {
             self.count(caller)?;
         }
@@ -313,7 +315,8 @@ impl Extension for GuardOperation {
         // async-graphql measures depth and complexity while validating; they are judged here so
         // the refusal names the limit and the measured value.
         let result = next.run(ctx).await?;
-        let payload = &self.config.payload;
+        let config = self.live.load();
+        let payload = &config.payload;
         let judged = [
             (
                 "MAX_DEPTH_LIMIT",

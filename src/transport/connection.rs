@@ -67,7 +67,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     let (sink, mut stream) = socket.split();
     let (outbox, closing, writer) =
         Outbox::start(sink, state.config.connections.send_queue as usize);
-    let (handle, control) = ConnectionHandle::new(id.clone(), &state.config.operations.rate_limit);
+    let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
     let mut connection = Connection {
         state: state.clone(),
         peer,

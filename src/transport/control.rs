@@ -9,7 +9,7 @@ use super::protocol::Close;
 use std::sync::Arc;
 
 use crate::auth::Identity;
-use crate::config::RateLimit;
+use crate::config::LiveConfig;
 use crate::limits::budget::Budget;
 
 /// Control messages queued per connection. Senders are administrative (revocation, a newer
@@ -78,9 +78,9 @@ pub struct ConnectionHandle {
 
 impl ConnectionHandle {
     /// A handle and the receiving end the connection loop selects on.
-    pub fn new(id: String, rate_limit: &RateLimit) -> (Self, mpsc::Receiver<Control>) {
+    pub fn new(id: String, live: LiveConfig) -> (Self, mpsc::Receiver<Control>) {
         let (control, rx) = mpsc::channel(CONTROL_QUEUE);
-        let budget = Arc::new(Budget::new(rate_limit));
+        let budget = Arc::new(Budget::new(live));
         let notices = broadcast::channel(NOTICE_BUFFER).0;
         (
             Self {

@@ -321,3 +321,25 @@ mod per_operation {
         );
     }
 }
+
+#[tokio::test]
+async fn a_new_limit_stored_in_the_live_configuration_applies_to_an_open_connection() {
+    let app = spawn_app_with(|c| c.operations.rate_limit.on_exceed = OnExceed::Reject).await;
+    let mut client = app.ws_acked("alice").await;
+    assert_eq!(
+        query(&mut client, "before").await["payload"]["extensions"]["rateLimit"]["limit"],
+        100
+    );
+    // What a reload of hardening.yaml does: store the new version.
+    let mut stricter = (**app.state.live.load()).clone();
+    stricter.operations.rate_limit.limit = 1;
+    stricter.operations.rate_limit.window = "1h".parse().unwrap();
+    app.state.live.store(std::sync::Arc::new(stricter));
+    assert_eq!(
+        query(&mut client, "first").await["payload"]["extensions"]["rateLimit"]["limit"],
+        1
+    );
+    let mut others = Vec::new();
+    let refused = query_keeping(&mut client, "second", &mut others).await;
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED");
+}
