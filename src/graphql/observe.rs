@@ -8,9 +8,10 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
     NextValidation,
 };
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
 
+use crate::limits::document::selected_operation;
 use crate::metrics::Metrics;
 
 pub struct Observe(pub Arc<Metrics>);
@@ -43,15 +44,7 @@ impl ObserveOperation {
 }
 
 fn operation_kind(doc: &ExecutableDocument, name: Option<&str>) -> &'static str {
-    let ty = match (&doc.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(op.node.ty),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
-            ops.values().next().map(|op| op.node.ty)
-        }
-        _ => None,
-    };
-    match ty {
+    match selected_operation(doc, name).map(|op| op.ty) {
         Some(OperationType::Query) => "query",
         Some(OperationType::Mutation) => "mutation",
         Some(OperationType::Subscription) => "subscription",

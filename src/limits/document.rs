@@ -378,7 +378,9 @@ fn count_directives(
     Ok(directives.len() as u64)
 }
 
-fn selected_operation<'a>(
+/// The operation a request runs, chosen as async-graphql chooses it: the named one, or the only
+/// one. `None` when async-graphql will refuse the request for it.
+pub fn selected_operation<'a>(
     doc: &'a ExecutableDocument,
     name: Option<&str>,
 ) -> Option<&'a OperationDefinition> {

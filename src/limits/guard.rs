@@ -15,7 +15,7 @@ use async_graphql::extensions::{
 };
 use async_graphql::parser::parse_query;
 use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+    ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
 use async_graphql::{
     ErrorExtensionValues, Request, Response, ServerError, ServerResult, ValidationResult, Value,
@@ -24,7 +24,7 @@ use async_graphql::{
 use serde_json::json;
 
 use super::budget::{Standing, Verdict, Warning};
-use super::document::{Violation, check_document, check_variables, scan_query};
+use super::document::{Violation, check_document, check_variables, scan_query, selected_operation};
 use super::per_operation::OperationLimits;
 use crate::audit::{Audit, Entry, Severity};
 use crate::config::{Config, LiveConfig, OnExceed};
@@ -163,21 +163,6 @@ impl GuardOperation {
     }
 }
 
-/// The operation a request runs: the named one, or the only one.
-fn selected<'a>(
-    doc: &'a ExecutableDocument,
-    name: Option<&str>,
-) -> Option<&'a OperationDefinition> {
-    match (&doc.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(&op.node),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| &op.node),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
-            ops.values().next().map(|op| &op.node)
-        }
-        (DocumentOperations::Multiple(_), None) => None,
-    }
-}
-
 /// The names of the operation's top-level fields (not their aliases).
 fn root_fields(operation: &OperationDefinition) -> impl Iterator<Item = &str> {
     operation
@@ -203,7 +188,7 @@ fn exempt(
     if name.is_some_and(|n| exempt_names.iter().any(|e| e == n)) {
         return true;
     }
-    let Some(operation) = selected(doc, name) else {
+    let Some(operation) = selected_operation(doc, name) else {
         return false;
     };
     let fields: Vec<_> = operation
@@ -293,7 +278,7 @@ impl Extension for GuardOperation {
             self.count(caller)?;
         }
         let doc = parsed?;
-        let operation = selected(&doc, name.as_deref());
+        let operation = selected_operation(&doc, name.as_deref());
         for field in operation.iter().flat_map(|op| root_fields(op)) {
             if let Err(refused) = self.operations.check(field, caller).await {
                 self.metrics.rate_limit_violations.inc();

@@ -176,7 +176,10 @@ fn check_config_loads_the_configured_key_files() {
 
 #[test]
 fn the_production_example_passes_check_config_with_introspection_and_suggestions_off() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/hardening.production.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/hardening.production.yaml"
+    );
     let (ok, stdout, stderr) = palisade(&["check-config", path]);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.lines().count(), 1);

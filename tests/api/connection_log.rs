@@ -88,16 +88,6 @@ async fn audit_rows_that_cannot_be_written_are_counted_as_dropped_and_connection
     client.send(serde_json::json!({ "type": "ping" })).await;
     assert_eq!(client.recv().await["type"], "pong");
     app.state.audit.flush().await;
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "palisade_audit_dropped_total 1"),
-        "{metrics}"
-    );
+    app.assert_metrics(&["palisade_audit_dropped_total 1"])
+        .await;
 }

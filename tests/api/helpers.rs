@@ -203,6 +203,22 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Asserts that `/metrics` has each of `lines` exactly.
+    pub async fn assert_metrics(&self, lines: &[&str]) {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+    }
+
     /// Signals shutdown, as SIGTERM would.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {

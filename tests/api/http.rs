@@ -125,23 +125,13 @@ async fn metrics_count_connections_and_operations() {
         json!({}),
     )
     .await;
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for line in [
+    app.assert_metrics(&[
         "palisade_connections_active 1",
         "palisade_connections_total{outcome=\"accepted\"} 1",
         "palisade_operations_total{outcome=\"ok\",type=\"query\"} 1",
         "palisade_operations_total{outcome=\"ok\",type=\"mutation\"} 1",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing `{line}` in\n{text}"
-        );
-    }
+    ])
+    .await;
 }
 
 #[tokio::test]
@@ -278,16 +268,9 @@ async fn payload_refusals_name_the_limit_and_are_counted_by_limit() {
         deep["errors"][0]["extensions"]["code"], "MAX_DEPTH_LIMIT",
         "{deep}"
     );
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for line in [
+    app.assert_metrics(&[
         "palisade_payload_rejections_total{limit=\"MAX_ALIASES_LIMIT\"} 1",
         "palisade_payload_rejections_total{limit=\"MAX_DEPTH_LIMIT\"} 1",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line}");
-    }
+    ])
+    .await;
 }

@@ -206,18 +206,11 @@ async fn warnings_and_violations_are_counted_and_audited() {
     for n in 0..3 {
         query(&mut client, &format!("q{n}")).await;
     }
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for line in [
+    app.assert_metrics(&[
         "palisade_rate_limit_warnings_total 1",
         "palisade_rate_limit_violations_total 1",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line}");
-    }
+    ])
+    .await;
     app.state.audit.flush().await;
     let rows: Vec<(String, Option<String>, Option<String>, String)> = palisade::on_pool!(
         &app.state.db,
