@@ -27,7 +27,7 @@ use super::budget::{Standing, Verdict, Warning};
 use super::document::{Violation, check_document, check_variables, scan_query, selected_operation};
 use super::per_operation::OperationLimits;
 use crate::audit::{Audit, Entry, Severity};
-use crate::config::{Config, LiveConfig, OnExceed};
+use crate::config::{Config, LiveConfig, OnExceed, Payload};
 use crate::graphql::Caller;
 use crate::metrics::Metrics;
 use crate::topics;
@@ -50,6 +50,7 @@ impl ExtensionFactory for Guard {
             audit: self.audit.clone(),
             operations: self.operations.clone(),
             name: Mutex::default(),
+            introspection_only: Mutex::default(),
             standing: Mutex::default(),
         })
     }
@@ -62,6 +63,10 @@ struct GuardOperation {
     audit: Audit,
     operations: Arc<OperationLimits>,
     name: Mutex<Option<String>>,
+    /// Whether every root field is `__schema`/`__type`, for the introspection depth allowance.
+    introspection_only: Mutex<bool>,
+    /// The standing after this operation was counted; put on its result, not on the events of a
+    /// subscription (they are server pushes and never count).
     standing: Mutex<Option<Standing>>,
 }
 
@@ -77,7 +82,23 @@ pub fn refusal(message: impl Into<String>, code: &str, details: &[(&str, u64)]) 
     error
 }
 
+/// How deep an introspection-only operation may go while introspection is on: the standard
+/// introspection query of GraphiQL and code generators nests `ofType` to depth 13. Introspection
+/// is bounded by the schema's own shape, and production configs turn it off.
+const INTROSPECTION_DEPTH: u64 = 15;
+
 impl GuardOperation {
+    fn depth_limit(&self, payload: &Payload) -> u64 {
+        let introspection =
+            payload.introspection && *self.introspection_only.lock().expect("lock poisoned");
+        let limit = u64::from(payload.max_depth);
+        if introspection {
+            limit.max(INTROSPECTION_DEPTH)
+        } else {
+            limit
+        }
+    }
+
     /// A payload refusal: counted by limit, and answered with the limit and the measured value.
     fn reject(&self, violation: Violation) -> ServerError {
         self.metrics
@@ -285,6 +306,9 @@ impl Extension for GuardOperation {
                 return Err(refused);
             }
         }
+        let introspection =
+            operation.is_some_and(|op| root_fields(op).all(|f| f.starts_with("__")));
+        *self.introspection_only.lock().expect("lock poisoned") = introspection;
         if operation.is_some_and(|op| op.ty == OperationType::Subscription) {
             // Its results are events the server pushes; they carry no standing.
             self.standing.lock().expect("lock poisoned").take();
@@ -307,7 +331,7 @@ impl Extension for GuardOperation {
                 "MAX_DEPTH_LIMIT",
                 "deep",
                 result.depth as u64,
-                u64::from(payload.max_depth),
+                self.depth_limit(payload),
             ),
             (
                 "MAX_COMPLEXITY_LIMIT",

@@ -274,3 +274,12 @@ async fn payload_refusals_name_the_limit_and_are_counted_by_limit() {
     ])
     .await;
 }
+
+#[tokio::test]
+async fn graphiqls_introspection_query_passes_the_default_limits() {
+    let app = spawn_app().await;
+    let query = include_str!("../fixtures/introspection.graphql");
+    let body = app.post("alice", query, json!({})).await;
+    assert!(body["errors"].is_null(), "{}", body["errors"]);
+    assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query");
+}
