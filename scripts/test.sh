@@ -65,4 +65,6 @@ export REDIS_URL="${PALISADE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+# Benches are compiled by clippy above and run on demand (`cargo bench`): in a debug build they
+# would only measure the debug build, slowly.
+cargo test --lib --bins --tests --locked
