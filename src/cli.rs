@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use crate::auth::jwt;
 use crate::auth::secret::HmacSecret;
-use crate::auth::{Verifier, jwt};
 use crate::config::Config;
 use crate::startup::{Application, DatabaseSource, Settings};
 use crate::{db, telemetry};
@@ -118,19 +118,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    // Key files are part of the configuration: a bad one fails here, not at deploy time. The
-    // secret is irrelevant to that check.
-    let loaded = Config::load(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| {
-            let no_secret = HmacSecret {
-                bytes: Vec::new(),
-                development: false,
-            };
-            Verifier::new(&config.auth.jwt, &no_secret)
-                .map(|_| config)
-                .map_err(|e| format!("{}: {e:#}", path.display()))
-        });
+    // Key files are part of the configuration: a bad one fails here, not at deploy time.
+    let loaded = crate::reload::load_checked(&path);
     match loaded {
         Ok(config) => {
             println!("{}: ok: {}", path.display(), config.summary());

@@ -15,6 +15,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod startup;
 pub mod telemetry;
 pub mod topics;

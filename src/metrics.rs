@@ -24,6 +24,8 @@ pub struct Metrics {
     pub rate_limit_violations: IntCounter,
     /// Operations refused by a payload limit, by limit code.
     pub payload_rejections: IntCounterVec,
+    /// hardening.yaml reloads by result (ok, error).
+    pub config_reloads: IntCounterVec,
 }
 
 fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -104,6 +106,12 @@ impl Metrics {
                 "payload_rejections_total",
                 "Operations refused by a payload limit",
                 &["limit"],
+            ),
+            config_reloads: counter_vec(
+                r,
+                "config_reloads_total",
+                "hardening.yaml reloads by result",
+                &["result"],
             ),
             registry,
         }

@@ -33,6 +33,7 @@ use crate::limits::http::HttpLimiter;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::reload;
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -81,10 +82,17 @@ pub struct Application {
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     state: AppState,
+    /// The file reloads read, and its modification time when loaded; `None` when running on
+    /// built-in defaults.
+    config_file: Option<(PathBuf, Option<std::time::SystemTime>)>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let config_file = settings.config_path.map(|path| {
+            let loaded = reload::modified(&path);
+            (path, loaded)
+        });
         let config = Arc::new(settings.config);
         let instance = Arc::new(Instance {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
@@ -163,6 +171,7 @@ impl Application {
             listener,
             admin_listener,
             state,
+            config_file,
         })
     }
 
@@ -191,7 +200,18 @@ impl Application {
             listener,
             admin_listener,
             state,
+            config_file,
         } = self;
+        if let Some((path, loaded)) = config_file {
+            let task = reload::watch(
+                path,
+                loaded,
+                state.live.clone(),
+                state.metrics.clone(),
+                state.shutdown.clone(),
+            );
+            tokio::spawn(task);
+        }
         let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
         let (main, admin) = routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();

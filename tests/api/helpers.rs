@@ -46,6 +46,27 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     app
 }
 
+/// Spawns from a hardening.yaml file (listening on port 0), so reloads of that file apply.
+pub async fn spawn_app_from_file(path: &std::path::Path) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
+    let mut config = Config::load(path).expect("the test config is valid");
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let secret = HmacSecret {
+        bytes: b"integration-test-secret".to_vec(),
+        development: false,
+    };
+    let settings = Settings {
+        config,
+        config_path: Some(path.to_path_buf()),
+        database: DatabaseSource::Url(url),
+        redis_url: None,
+        jwt_secret: secret.clone(),
+        session_secrets: Vec::new(),
+    };
+    start(settings, secret, dir).await
+}
+
 /// Spawns on a database made by the test (a fresh PostgreSQL database from `#[sqlx::test]`).
 pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> TestApp {
     spawn(
@@ -91,6 +112,10 @@ async fn spawn(
         jwt_secret: secret.clone(),
         session_secrets: vec![SESSION_SECRET.to_string()],
     };
+    start(settings, secret, dir).await
+}
+
+async fn start(settings: Settings, secret: HmacSecret, dir: tempfile::TempDir) -> TestApp {
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.local_addr();
     let state = app.state().clone();

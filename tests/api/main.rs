@@ -17,6 +17,7 @@ mod limits;
 mod live_auth;
 mod postgres;
 mod rate_limits;
+mod reload;
 mod schema;
 mod session;
 mod topics;
