@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod reload;
+pub mod retention;
 pub mod startup;
 pub mod telemetry;
 pub mod topics;

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub payload_rejections: IntCounterVec,
     /// hardening.yaml reloads by result (ok, error).
     pub config_reloads: IntCounterVec,
+    /// Rows deleted by the retention job, by table.
+    pub retention_deleted: IntCounterVec,
 }
 
 fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -112,6 +114,12 @@ impl Metrics {
                 "config_reloads_total",
                 "hardening.yaml reloads by result",
                 &["result"],
+            ),
+            retention_deleted: counter_vec(
+                r,
+                "retention_deleted_total",
+                "Rows deleted by the retention job, by table",
+                &["table"],
             ),
             registry,
         }

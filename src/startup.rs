@@ -33,7 +33,7 @@ use crate::limits::http::HttpLimiter;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::reload;
+use crate::{reload, retention};
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -212,6 +212,12 @@ impl Application {
             );
             tokio::spawn(task);
         }
+        tokio::spawn(retention::run(
+            state.db.clone(),
+            state.live.clone(),
+            state.metrics.clone(),
+            state.shutdown.clone(),
+        ));
         let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
         let (main, admin) = routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();

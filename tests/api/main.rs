@@ -18,6 +18,7 @@ mod live_auth;
 mod postgres;
 mod rate_limits;
 mod reload;
+mod retention;
 mod schema;
 mod session;
 mod topics;
