@@ -58,6 +58,11 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
     let identity = match state.auth.http(request.headers()) {
         Ok(identity) => identity,
         Err(failure) => {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[failure.cause()])
+                .inc();
             state.audit.record(Entry {
                 action: "http.auth_failed",
                 severity: Severity::Warn,

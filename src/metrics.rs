@@ -7,7 +7,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 pub struct Metrics {
@@ -28,6 +29,16 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Rows deleted by the retention job, by table.
     pub retention_deleted: IntCounterVec,
+    /// How long WebSocket connections lasted.
+    pub connection_seconds: Histogram,
+    /// WebSocket data messages, by direction (in, out).
+    pub ws_messages: IntCounterVec,
+    /// WebSocket data message bytes, by direction (in, out).
+    pub ws_bytes: IntCounterVec,
+    /// Refused credentials, by low-cardinality cause (missing, expired, bad_signature, …).
+    pub auth_failures: IntCounterVec,
+    /// Events published into the bus, by result (ok, error).
+    pub bus_publishes: IntCounterVec,
 }
 
 fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -120,6 +131,42 @@ impl Metrics {
                 "retention_deleted_total",
                 "Rows deleted by the retention job, by table",
                 &["table"],
+            ),
+            connection_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "connection_duration_seconds",
+                        "How long WebSocket connections lasted",
+                    )
+                    // 1 s to about 18 h, ×4 per bucket.
+                    .buckets(exponential_buckets(1.0, 4.0, 9).expect("static buckets")),
+                )
+                .expect("static metric definition"),
+            ),
+            ws_messages: counter_vec(
+                r,
+                "websocket_messages_total",
+                "WebSocket data messages by direction",
+                &["direction"],
+            ),
+            ws_bytes: counter_vec(
+                r,
+                "websocket_bytes_total",
+                "WebSocket data message bytes by direction",
+                &["direction"],
+            ),
+            auth_failures: counter_vec(
+                r,
+                "auth_failures_total",
+                "Refused credentials by cause",
+                &["reason"],
+            ),
+            bus_publishes: counter_vec(
+                r,
+                "bus_publishes_total",
+                "Events published into the bus by result",
+                &["result"],
             ),
             registry,
         }

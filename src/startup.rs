@@ -21,7 +21,7 @@ use crate::admin;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, MemoryBus, Metered};
 use crate::client_ip::ClientIp;
 use arc_swap::ArcSwap;
 
@@ -110,10 +110,11 @@ impl Application {
             .transpose()
             .context("parsing REDIS_URL")?;
         let verifier = Verifier::new(&config.auth.jwt, &settings.jwt_secret)?;
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(
+        let memory = MemoryBus::new(
             config.streams.replay_limit as usize,
             config.connections.send_queue as usize,
-        ));
+        );
+        let bus: Arc<dyn Bus> = Arc::new(Metered::new(memory, metrics.clone()));
         let audit = Audit::start(db.clone(), metrics.clone());
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)

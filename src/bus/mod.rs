@@ -3,6 +3,7 @@
 //! a Redis Streams bus implements the same trait for a cluster.
 
 mod memory;
+mod metered;
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +15,7 @@ use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 pub use memory::MemoryBus;
+pub use metered::Metered;
 
 /// A position in a topic's stream, written `<milliseconds>-<sequence>` like a Redis Stream id, so
 /// ids stay comparable whichever bus produced them.

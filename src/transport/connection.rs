@@ -64,9 +64,13 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         tracing::error!(parent: &span, error = ?error, "could not write the connection log row");
     }
     state.metrics.connections_active.inc();
+    let opened_at = Instant::now();
     let (sink, mut stream) = socket.split();
-    let (outbox, closing, writer) =
-        Outbox::start(sink, state.config.connections.send_queue as usize);
+    let (outbox, closing, writer) = Outbox::start(
+        sink,
+        state.config.connections.send_queue as usize,
+        state.metrics.clone(),
+    );
     let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
     let mut connection = Connection {
         state: state.clone(),
@@ -99,6 +103,10 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         let _ = tokio::time::timeout(CLOSE_ANSWER, answered).await;
     }
     state.metrics.connections_active.dec();
+    state
+        .metrics
+        .connection_seconds
+        .observe(opened_at.elapsed().as_secs_f64());
     state
         .metrics
         .closes_total
@@ -214,6 +222,12 @@ impl Connection {
     }
 
     async fn handle(&mut self, raw: &[u8], operations: &mut Operations) {
+        let metrics = &self.state.metrics;
+        metrics.ws_messages.with_label_values(&["in"]).inc();
+        metrics
+            .ws_bytes
+            .with_label_values(&["in"])
+            .inc_by(raw.len() as u64);
         let Ok(message) = ClientMessage::from_bytes(raw) else {
             return self
                 .outbox

@@ -35,6 +35,11 @@ impl Connection {
             Ok(identity) => identity,
             Err(failure) => {
                 tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
+                self.state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[failure.cause()])
+                    .inc();
                 self.audit(
                     "socket.auth_failed",
                     Severity::Warn,

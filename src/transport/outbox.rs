@@ -4,6 +4,7 @@
 //! reads too slowly fills its own queue and is closed as a slow consumer, so it can stall neither
 //! other clients nor the other operations on its own connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -12,6 +13,7 @@ use futures_util::stream::SplitSink;
 use tokio::sync::{mpsc, watch};
 
 use super::protocol::{Close, code};
+use crate::metrics::Metrics;
 
 /// How long a close frame may take to reach a client that is no longer reading.
 const CLOSE_FLUSH: Duration = Duration::from_secs(3);
@@ -29,6 +31,7 @@ impl Outbox {
     pub fn start(
         sink: SplitSink<WebSocket, Message>,
         capacity: usize,
+        metrics: Arc<Metrics>,
     ) -> (
         Self,
         watch::Receiver<Option<Close>>,
@@ -36,7 +39,7 @@ impl Outbox {
     ) {
         let (queue, rx) = mpsc::channel(capacity);
         let (close, close_rx) = watch::channel(None);
-        let writer = tokio::spawn(write_loop(sink, rx, close.subscribe()));
+        let writer = tokio::spawn(write_loop(sink, rx, close.subscribe(), metrics));
         (Self { queue, close }, close_rx, writer)
     }
 
@@ -77,6 +80,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Message>,
     mut close: watch::Receiver<Option<Close>>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
@@ -87,10 +91,24 @@ async fn write_loop(
             _ = close.changed() => break,
             message = queue.recv() => {
                 let Some(message) = message else { break };
+                // Data messages are counted; pings and the like are not.
+                let size = match &message {
+                    Message::Text(text) => text.len(),
+                    Message::Binary(bytes) => bytes.len(),
+                    _ => 0,
+                };
                 tokio::select! {
                     biased;
                     _ = close.changed() => break,
-                    sent = sink.send(message) => if sent.is_err() { return },
+                    sent = sink.send(message) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                        if size > 0 {
+                            metrics.ws_messages.with_label_values(&["out"]).inc();
+                            metrics.ws_bytes.with_label_values(&["out"]).inc_by(size as u64);
+                        }
+                    }
                 }
             }
         }

@@ -283,3 +283,48 @@ async fn graphiqls_introspection_query_passes_the_default_limits() {
     assert!(body["errors"].is_null(), "{}", body["errors"]);
     assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query");
 }
+
+#[tokio::test]
+async fn metrics_follow_messages_auth_failures_publishes_and_connection_lifetimes() {
+    let app = spawn_app().await;
+    let mut client = app.ws_acked("alice").await;
+    client.send(json!({ "type": "ping" })).await;
+    client.recv().await;
+    drop(client);
+    let mut refused = app.ws("graphql-transport-ws").await;
+    refused
+        .send(json!({ "type": "connection_init", "payload": {} }))
+        .await;
+    refused.closed().await;
+    app.post_as_service(
+        "mutation { publish(topic: \"user:alice\", type: \"x\") { id } }",
+        json!({}),
+    )
+    .await;
+    crate::helpers::closed_connection_rows(&app.state.db).await;
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    // Two connection_init messages and one ping.
+    assert_eq!(
+        value("palisade_websocket_messages_total{direction=\"in\"}"),
+        3.0,
+        "{text}"
+    );
+    assert!(value("palisade_websocket_messages_total{direction=\"out\"}") >= 2.0);
+    assert!(value("palisade_websocket_bytes_total{direction=\"in\"}") > 50.0);
+    assert_eq!(
+        value("palisade_auth_failures_total{reason=\"missing\"}"),
+        1.0
+    );
+    assert_eq!(value("palisade_bus_publishes_total{result=\"ok\"}"), 1.0);
+    assert_eq!(value("palisade_connection_duration_seconds_count"), 2.0);
+}
