@@ -133,8 +133,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 }
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    telemetry::init();
     let (config, config_path) = load(config)?;
+    telemetry::init(&config.logging);
     let jwt_secret = HmacSecret::resolve(&config.auth.jwt.secret_env)?;
     match &config_path {
         Some(path) => tracing::info!(path = %path.display(), "configuration loaded"),

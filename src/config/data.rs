@@ -175,3 +175,31 @@ impl Default for Retention {
         }
     }
 }
+
+/// Log output on stderr.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct Logging {
+    /// `pretty` (the default) for people, `json` (one object per line) for log pipelines.
+    pub format: LogFormat,
+    /// Which events are written, in `tracing` filter syntax. Default `info,sqlx=warn`. The
+    /// `RUST_LOG` environment variable, when set, takes precedence. Read at startup.
+    #[validate(length(min = 1))]
+    pub filter: String,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info,sqlx=warn".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}

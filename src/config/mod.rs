@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
-pub use data::{Grant, Retention, Streams, TopicRule, Topics};
+pub use data::{Grant, LogFormat, Logging, Retention, Streams, TopicRule, Topics};
 pub use limits::{
     Connections, Content, HttpLimit, LimitScope, OnExceed, OnUserLimit, OperationLimit, Operations,
     Payload, RateLimit,
@@ -54,6 +54,9 @@ pub struct Config {
     /// Retention of log rows.
     #[validate(nested)]
     pub retention: Retention,
+    /// Log format and filter.
+    #[validate(nested)]
+    pub logging: Logging,
 }
 
 /// The configuration as it is now: read at each use by what must follow a reload on live

@@ -20,5 +20,6 @@ mod rate_limits;
 mod reload;
 mod retention;
 mod schema;
+mod serve;
 mod session;
 mod topics;
