@@ -55,14 +55,23 @@ ensure_redis() {
     fi
 }
 
+ensure_promtool() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        echo "test.sh: installing promtool (Debian's prometheus package)"
+        apt_install --no-install-recommends prometheus
+    fi
+}
+
 ensure_postgres
 ensure_redis
+ensure_promtool
 
 # `#[sqlx::test]` creates a fresh database per test through this server. The password is ignored
 # where the server trusts local connections.
 export DATABASE_URL="${PALISADE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${PALISADE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
+promtool check rules deploy/prometheus/palisade-alerts.yml
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Benches are compiled by clippy above and run on demand (`cargo bench`): in a debug build they

@@ -160,6 +160,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         ready &= redis.is_ok();
         checks.insert("redis".into(), check_result(&redis, "redis"));
     }
+    state.metrics.ready.set(i64::from(ready));
     let status = if ready {
         StatusCode::OK
     } else {

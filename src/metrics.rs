@@ -5,6 +5,8 @@
 //! here is known up front: typed handles on a struct are checked by the compiler, need no global
 //! recorder, and let each test build its own isolated registry.
 
+use std::cell::RefCell;
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -13,6 +15,7 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     pub connections_active: IntGauge,
     /// Upgrades by outcome: accepted, auth_failed, origin_rejected, limit_rejected,
     /// protocol_rejected.
@@ -39,33 +42,54 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Events published into the bus, by result (ok, error).
     pub bus_publishes: IntCounterVec,
+    /// 1 when the last `/readyz` found every dependency reachable, else 0.
+    pub ready: IntGauge,
 }
 
-fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
-    registry
+/// Prepended to every metric name at export.
+const PREFIX: &str = "palisade";
+
+/// The registry being filled, and the names registered so far (a labelled family has no sample,
+/// and so no line in the exposition, until its first use).
+struct Catalog {
+    registry: Registry,
+    names: RefCell<Vec<String>>,
+}
+
+fn register<M: Collector + Clone + 'static>(catalog: &Catalog, metric: M) -> M {
+    let names = metric
+        .desc()
+        .into_iter()
+        .map(|d| format!("{PREFIX}_{}", d.fq_name));
+    catalog.names.borrow_mut().extend(names);
+    catalog
+        .registry
         .register(Box::new(metric.clone()))
         .expect("each metric is registered once");
     metric
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter(catalog: &Catalog, name: &str, help: &str) -> IntCounter {
     register(
-        registry,
+        catalog,
         IntCounter::new(name, help).expect("static metric definition"),
     )
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter_vec(catalog: &Catalog, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric =
         IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    register(registry, metric)
+    register(catalog, metric)
 }
 
 impl Metrics {
     pub fn new(instance_id: &str) -> Self {
-        let registry =
-            Registry::new_custom(Some("palisade".into()), None).expect("a static prefix is valid");
-        let r = &registry;
+        let catalog = Catalog {
+            registry: Registry::new_custom(Some(PREFIX.into()), None)
+                .expect("a static prefix is valid"),
+            names: RefCell::default(),
+        };
+        let r = &catalog;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -168,8 +192,19 @@ impl Metrics {
                 "Events published into the bus by result",
                 &["result"],
             ),
-            registry,
+            ready: register(
+                r,
+                IntGauge::new("ready", "1 when the last readiness probe passed")
+                    .expect("static metric definition"),
+            ),
+            names: catalog.names.take(),
+            registry: catalog.registry,
         }
+    }
+
+    /// Every metric family this server exports, whether or not it has samples yet.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The Prometheus text exposition of every metric.

@@ -4,6 +4,7 @@ mod chat;
 mod cli;
 mod connection_limits;
 mod connection_log;
+mod deploy;
 mod graphql_ws;
 mod helpers;
 mod hostile;
