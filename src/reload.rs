@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum_server::tls_rustls::RustlsConfig;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::auth::secret::HmacSecret;
-use crate::config::{Config, LiveConfig};
+use crate::config::{Config, LiveConfig, Tls};
 use crate::metrics::Metrics;
 
 /// How often the file's modification time is looked at.
@@ -96,6 +97,17 @@ pub fn reload(path: &Path, live: &LiveConfig, metrics: &Metrics) -> bool {
     }
 }
 
+/// Re-reads the TLS certificate and key (SIGHUP after a renewal); new connections use them, and
+/// a failure keeps the current ones.
+async fn reload_certificate(config: &RustlsConfig, files: &Tls) {
+    match config.reload_from_pem_file(&files.cert, &files.key).await {
+        Ok(()) => tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded"),
+        Err(error) => {
+            tracing::error!(cert = %files.cert.display(), %error, "TLS certificate reload failed; keeping the current one")
+        }
+    }
+}
+
 /// The file's modification time, the baseline `watch` compares against. Taken when the running
 /// configuration is loaded, so an edit made before the watcher starts is still noticed.
 pub fn modified(path: &Path) -> Option<SystemTime> {
@@ -107,6 +119,7 @@ pub async fn watch(
     path: PathBuf,
     mut seen: Option<SystemTime>,
     live: LiveConfig,
+    tls: Option<(RustlsConfig, Tls)>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -117,6 +130,9 @@ pub async fn watch(
             _ = shutdown.cancelled() => return,
             Some(()) = next_hangup(&mut hangup) => {
                 reload(&path, &live, &metrics);
+                if let Some((config, files)) = &tls {
+                    reload_certificate(config, files).await;
+                }
                 seen = modified(&path);
             }
             _ = poll.tick() => {

@@ -25,7 +25,9 @@ use crate::bus::{Bus, MemoryBus, Metered};
 use crate::client_ip::ClientIp;
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, LiveConfig};
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::config::{Config, LiveConfig, Tls};
 use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::http;
@@ -62,6 +64,8 @@ pub struct AppState {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// The certificate in use when `server.tls` is set; SIGHUP reloads it.
+    pub tls: Option<RustlsConfig>,
     /// The configuration as reloads change it; budgets and payload limits follow it.
     pub live: LiveConfig,
     /// The client address behind `server.trusted_proxies`.
@@ -147,6 +151,7 @@ impl Application {
             registry: Registry::new(&config.connections),
             operations,
             client_ip: ClientIp::new(&config.server.trusted_proxies),
+            tls: load_tls(config.server.tls.as_ref()).await?,
             live,
             schema,
             db,
@@ -204,10 +209,12 @@ impl Application {
             config_file,
         } = self;
         if let Some((path, loaded)) = config_file {
+            let tls = state.tls.clone().zip(state.config.server.tls.clone());
             let task = reload::watch(
                 path,
                 loaded,
                 state.live.clone(),
+                tls,
                 state.metrics.clone(),
                 state.shutdown.clone(),
             );
@@ -258,7 +265,16 @@ impl Application {
                 }
             }
         });
-        let main_server = serve(listener, main);
+        let main_server = match state.tls.clone() {
+            Some(tls) => serve_tls(
+                listener,
+                main,
+                tls,
+                shutdown.clone(),
+                state.config.server.shutdown_grace.get(),
+            )?,
+            None => serve(listener, main),
+        };
         let admin_server = admin_listener.map(|listener| {
             serve(
                 listener,
@@ -285,6 +301,51 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Loads the certificate and key of `server.tls`, with ring as rustls' crypto provider (the one
+/// the rest of the dependency tree already uses).
+async fn load_tls(tls: Option<&Tls>) -> anyhow::Result<Option<RustlsConfig>> {
+    let Some(tls) = tls else { return Ok(None) };
+    // Fails only if a provider is already installed, which is then the one in use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .with_context(|| {
+            format!(
+                "loading server.tls ({} and {})",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })?;
+    Ok(Some(config))
+}
+
+/// Serves `router` over TLS on `listener`; a cancelled `shutdown` drains it within `grace`.
+fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: RustlsConfig,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(grace));
+        }
+    });
+    let server = axum_server::from_tcp_rustls(
+        listener.into_std().context("taking over the listener")?,
+        tls,
+    )
+    .context("starting TLS")?
+    .handle(handle);
+    Ok(tokio::spawn(server.serve(
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )))
 }
 
 /// The public router, and the admin router when admin endpoints have their own listener.

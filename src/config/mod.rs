@@ -23,7 +23,7 @@ pub use limits::{
     Connections, Content, HttpLimit, LimitScope, OnExceed, OnUserLimit, OperationLimit, Operations,
     Payload, RateLimit,
 };
-pub use server::{Auth, Cors, Jwt, OriginCheck, Server, Session};
+pub use server::{Auth, Cors, Jwt, OriginCheck, Server, Session, Tls};
 
 /// The whole of hardening.yaml. Every section and key is optional; what is left out takes the
 /// default documented on it. Unknown keys are errors.

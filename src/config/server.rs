@@ -36,6 +36,20 @@ pub struct Server {
     /// Cross-origin rules for the HTTP endpoints.
     #[validate(nested)]
     pub cors: Cors,
+    /// Native TLS (wss:// and https://) on `listen`. Unset (the default): plain TCP, for use behind
+    /// a TLS-terminating proxy. SIGHUP reloads the certificate and key from the same files;
+    /// turning TLS on or off needs a restart.
+    pub tls: Option<Tls>,
+}
+
+/// PEM files for native TLS.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for Server {
@@ -46,6 +60,7 @@ impl Default for Server {
             admin_listen: None,
             shutdown_grace: Duration::secs(30),
             trusted_proxies: Vec::new(),
+            tls: None,
             cors: Cors::default(),
         }
     }

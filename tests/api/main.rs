@@ -23,4 +23,5 @@ mod retention;
 mod schema;
 mod serve;
 mod session;
+mod tls;
 mod topics;
