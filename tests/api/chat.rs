@@ -22,12 +22,7 @@ async fn send(app: &TestApp, token: &str, content: &str) -> Value {
 }
 
 async fn member_ws(app: &TestApp, sub: &str) -> WsClient {
-    let mut client = app.ws("graphql-transport-ws").await;
-    client
-        .send(json!({ "type": "connection_init", "payload": { "token": member_token(app, sub) } }))
-        .await;
-    assert_eq!(client.recv().await["type"], "connection_ack");
-    client
+    app.ws_acked_with(&member_token(app, sub)).await
 }
 
 #[tokio::test]

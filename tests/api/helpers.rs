@@ -196,8 +196,14 @@ impl TestApp {
 
     /// A `graphql-transport-ws` connection that has been acknowledged for user `sub`.
     pub async fn ws_acked(&self, sub: &str) -> WsClient {
+        self.ws_acked_with(&self.token(sub)).await
+    }
+
+    /// A `graphql-transport-ws` connection acknowledged for `token`.
+    pub async fn ws_acked_with(&self, token: &str) -> WsClient {
         let mut client = self.ws("graphql-transport-ws").await;
-        client.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", self.token(sub)) } })).await;
+        let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+        client.send(init).await;
         assert_eq!(client.recv().await["type"], "connection_ack");
         client
     }

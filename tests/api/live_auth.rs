@@ -14,9 +14,7 @@ async fn an_expiring_token_gets_a_notice_then_the_connection_closes_at_exp() {
     })
     .await;
     let token = app.token_for("alice", Map::new(), Duration::from_secs(3));
-    let mut client = app.ws("graphql-transport-ws").await;
-    client.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
-    assert_eq!(client.recv().await["type"], "connection_ack");
+    let mut client = app.ws_acked_with(&token).await;
     client
         .send(json!({ "id": "n", "type": "subscribe", "payload": { "query": NOTICES } }))
         .await;
@@ -37,9 +35,7 @@ async fn refresh_auth_keeps_the_connection_and_its_subscriptions_past_the_old_ex
     })
     .await;
     let short = app.token_for("alice", Map::new(), Duration::from_secs(2));
-    let mut client = app.ws("graphql-transport-ws").await;
-    client.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {short}") } })).await;
-    assert_eq!(client.recv().await["type"], "connection_ack");
+    let mut client = app.ws_acked_with(&short).await;
     client.send(json!({ "id": "events", "type": "subscribe", "payload": { "query": "subscription { events(topic: \"user:alice\") { type } }" } })).await;
 
     let fresh = app.token_for("alice", Map::new(), Duration::from_secs(600));

@@ -23,11 +23,7 @@ async fn accepted(client: &mut WsClient) -> Result<(), Value> {
 
 async fn ws_with_claims(app: &TestApp, sub: &str, claims: Value) -> WsClient {
     let claims: Map<String, Value> = serde_json::from_value(claims).unwrap();
-    let mut client = app.ws("graphql-transport-ws").await;
-    let token = app.token_with(sub, claims);
-    client.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
-    assert_eq!(client.recv().await["type"], "connection_ack");
-    client
+    app.ws_acked_with(&app.token_with(sub, claims)).await
 }
 
 #[tokio::test]
