@@ -158,19 +158,25 @@ impl Connection {
                 // Order matters: a decided close beats everything, and finished operations are
                 // reaped before new messages so a reused id is not mistaken for a duplicate.
                 biased;
+                // The writer is sending our close frame (or the outbox is gone): stop reading.
                 _ = closing.changed() => break,
+                // Server shutdown: every connection closes with 1001 so clients reconnect elsewhere.
                 _ = shutdown.cancelled() => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
+                // A close announced by a notice or a final warning, now that it had time to arrive.
                 _ = Lifetime::until(self.close_at.as_ref().map(|(at, _)| *at)) => {
                     if let Some((_, close)) = self.close_at.take() {
                         self.outbox.close(close);
                     }
                 }
+                // A client that never sends connection_init must not hold a socket.
                 _ = &mut init_deadline, if self.identity.is_none() => {
                     self.outbox.close(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout"));
                 }
+                // Our last ping went unanswered: the peer is gone or stuck.
                 _ = sleep_until(awaiting_pong.unwrap_or_else(Instant::now) + pong_timeout), if awaiting_pong.is_some() => {
                     self.outbox.close(Close::new(code::PONG_TIMEOUT, "Pong timeout"));
                 }
+                // Liveness: a ping frame every ping_interval (and `ka` for legacy clients).
                 _ = ping.tick() => {
                     if awaiting_pong.is_none() && self.outbox.push(Message::Ping(Default::default())) {
                         awaiting_pong = Some(Instant::now());
@@ -179,22 +185,28 @@ impl Connection {
                         self.outbox.text(protocol::keep_alive());
                     }
                 }
+                // The token expires soon: tell the client while it can still refreshAuth.
                 _ = Lifetime::until(self.lifetime.warn_at) => {
                     self.lifetime.warn_at = None;
                     let mut notice = Notice::new(NoticeKind::TokenExpiring, "The token expires soon: call refreshAuth to stay connected");
                     notice.expires_at = self.lifetime.expires_at_utc;
                     self.handle.notify(notice);
                 }
+                // The token expired (plus leeway) without a refresh.
                 _ = Lifetime::until(self.lifetime.expire_at) => {
                     self.lifetime.expire_at = None;
                     self.outbox.close(Close::new(code::FORBIDDEN, "Token expired"));
                 }
+                // Session connections: was the user logged out, or is the session near expiry?
                 _ = self.lifetime.revalidation() => self.recheck_session().await,
+                // Other parts of the server (registry, revocation, refreshAuth) acting on us.
                 Some(message) = control.recv() => self.control(message),
+                // An operation task ended: free its slot (and close on a panic).
                 Some(close) = operations.reap() => {
                     tracing::error!(parent: &self.span, "an operation panicked");
                     self.outbox.close(close);
                 }
+                // What the client sent.
                 message = stream.next() => match message {
                     None => return Close::new(code::ABNORMAL, "Connection dropped"),
                     Some(Err(error)) => {
