@@ -208,6 +208,8 @@ impl Application {
             state,
             config_file,
         } = self;
+        // Background tasks, each ending when shutdown is cancelled: the reload watcher (only with a
+        // file to watch) and the retention job.
         if let Some((path, loaded)) = config_file {
             let tls = state.tls.clone().zip(state.config.server.tls.clone());
             let task = reload::watch(
@@ -330,6 +332,7 @@ fn serve_tls(
     grace: std::time::Duration,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let handle = axum_server::Handle::new();
+    // axum-server drains through its handle, so the shutdown token is bridged to it.
     tokio::spawn({
         let handle = handle.clone();
         async move {
