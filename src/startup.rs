@@ -8,34 +8,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, header};
-use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::admin;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
 use crate::bus::{Bus, MemoryBus, Metered};
 use crate::client_ip::ClientIp;
-use arc_swap::ArcSwap;
-
-use axum_server::tls_rustls::RustlsConfig;
-
-use crate::config::{Config, LiveConfig, Tls};
+use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
-use crate::http;
 use crate::limits::http::HttpLimiter;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::{reload, retention};
+use crate::{reload, retention, routes, tls};
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -151,7 +143,7 @@ impl Application {
             registry: Registry::new(&config.connections),
             operations,
             client_ip: ClientIp::new(&config.server.trusted_proxies),
-            tls: load_tls(config.server.tls.as_ref()).await?,
+            tls: tls::load(config.server.tls.as_ref()).await?,
             live,
             schema,
             db,
@@ -229,7 +221,7 @@ impl Application {
             state.shutdown.clone(),
         ));
         let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
-        let (main, admin) = routers(&state, &http_limiter, admin_listener.is_some());
+        let (main, admin) = routes::routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();
         // The signal cancels the token; everything else (listeners, connections) watches the token.
         tokio::spawn({
@@ -268,10 +260,10 @@ impl Application {
             }
         });
         let main_server = match state.tls.clone() {
-            Some(tls) => serve_tls(
+            Some(certificate) => tls::serve(
                 listener,
                 main,
-                tls,
+                certificate,
                 shutdown.clone(),
                 state.config.server.shutdown_grace.get(),
             )?,
@@ -302,97 +294,5 @@ impl Application {
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Loads the certificate and key of `server.tls`, with ring as rustls' crypto provider (the one
-/// the rest of the dependency tree already uses).
-async fn load_tls(tls: Option<&Tls>) -> anyhow::Result<Option<RustlsConfig>> {
-    let Some(tls) = tls else { return Ok(None) };
-    // Fails only if a provider is already installed, which is then the one in use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-        .await
-        .with_context(|| {
-            format!(
-                "loading server.tls ({} and {})",
-                tls.cert.display(),
-                tls.key.display()
-            )
-        })?;
-    Ok(Some(config))
-}
-
-/// Serves `router` over TLS on `listener`; a cancelled `shutdown` drains it within `grace`.
-fn serve_tls(
-    listener: TcpListener,
-    router: Router,
-    tls: RustlsConfig,
-    shutdown: CancellationToken,
-    grace: std::time::Duration,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let handle = axum_server::Handle::new();
-    // axum-server drains through its handle, so the shutdown token is bridged to it.
-    tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            shutdown.cancelled().await;
-            handle.graceful_shutdown(Some(grace));
-        }
-    });
-    let server = axum_server::from_tcp_rustls(
-        listener.into_std().context("taking over the listener")?,
-        tls,
-    )
-    .context("starting TLS")?
-    .handle(handle);
-    Ok(tokio::spawn(server.serve(
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )))
-}
-
-/// The public router, and the admin router when admin endpoints have their own listener.
-fn routers(
-    state: &AppState,
-    http_limiter: &HttpLimiter,
-    separate_admin: bool,
-) -> (Router, Option<Router>) {
-    let config = &state.config;
-    let admin = Router::new()
-        .route("/metrics", get(http::metrics))
-        .route("/healthz", get(http::healthz))
-        .route("/readyz", get(http::readyz))
-        .with_state(state.clone());
-    let origins: Vec<HeaderValue> = config
-        .server
-        .cors
-        .allowed_origins
-        .iter()
-        .filter_map(|o| o.parse().ok())
-        .collect();
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    // Per-IP request limits guard the GraphQL endpoint: queries over HTTP and WebSocket upgrades.
-    let graphql = Router::new()
-        .route(
-            &config.server.graphql_path,
-            get(http::graphql_get).post(http::graphql_post),
-        )
-        .layer(http_limiter.layer());
-    let main = Router::new()
-        .merge(graphql)
-        .route("/graphiql/{file}", get(http::graphiql_asset))
-        .route("/admin/revoke", post(admin::revoke))
-        .layer(DefaultBodyLimit::max(
-            config.payload.max_message_bytes.bytes(),
-        ))
-        .layer(cors)
-        .with_state(state.clone());
-    if separate_admin {
-        (main, Some(admin))
-    } else {
-        (main.merge(admin), None)
     }
 }

@@ -1,0 +1,58 @@
+//! The HTTP routes: the public router (GraphQL, GraphiQL assets, admin revocation) and the
+//! admin router (metrics and probes), merged when no separate admin listener is configured.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::limits::http::HttpLimiter;
+use crate::startup::AppState;
+use crate::{admin, http};
+
+/// The public router, and the admin router when admin endpoints have their own listener.
+pub fn routers(
+    state: &AppState,
+    http_limiter: &HttpLimiter,
+    separate_admin: bool,
+) -> (Router, Option<Router>) {
+    let config = &state.config;
+    let admin = Router::new()
+        .route("/metrics", get(http::metrics))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .with_state(state.clone());
+    let origins: Vec<HeaderValue> = config
+        .server
+        .cors
+        .allowed_origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    // Per-IP request limits guard the GraphQL endpoint: queries over HTTP and WebSocket upgrades.
+    let graphql = Router::new()
+        .route(
+            &config.server.graphql_path,
+            get(http::graphql_get).post(http::graphql_post),
+        )
+        .layer(http_limiter.layer());
+    let main = Router::new()
+        .merge(graphql)
+        .route("/graphiql/{file}", get(http::graphiql_asset))
+        .route("/admin/revoke", post(admin::revoke))
+        .layer(DefaultBodyLimit::max(
+            config.payload.max_message_bytes.bytes(),
+        ))
+        .layer(cors)
+        .with_state(state.clone());
+    if separate_admin {
+        (main, Some(admin))
+    } else {
+        (main.merge(admin), None)
+    }
+}
