@@ -1,7 +1,8 @@
 //! Hot reload of hardening.yaml: on SIGHUP, or when the file changes (polled, debounced), the file
 //! is validated exactly as `check-config` does and, if valid, stored in the live configuration in
-//! one step. Operation budgets and payload limits read that handle on every operation, so they
-//! change on open connections; every other changed key is reported as needing a restart.
+//! one step. Operation budgets, the per-operation payload limits, the content policy and the topic
+//! rules read that handle on every operation, so they change on open connections; every other
+//! changed key is reported as needing a restart.
 //! An invalid file keeps the running configuration. Both outcomes are counted.
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,21 @@ use crate::metrics::Metrics;
 /// How often the file's modification time is looked at.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Key paths that take effect on live connections; a change anywhere else needs a restart.
-const LIVE_KEYS: [&str; 2] = ["operations.rate_limit", "payload"];
+/// Key paths (and their children) read from the live configuration at each operation; a change
+/// anywhere else needs a restart.
+const LIVE_KEYS: [&str; 11] = [
+    "operations.rate_limit",
+    "payload.max_query_bytes",
+    "payload.max_tokens",
+    "payload.max_depth",
+    "payload.max_complexity",
+    "payload.max_aliases",
+    "payload.max_root_fields",
+    "payload.max_directives",
+    "payload.max_input_nesting",
+    "payload.content",
+    "topics",
+];
 
 /// Reads and validates a configuration file as `check-config` does: the YAML rules and the key
 /// files it names. The error text names the file, line, column and key path.

@@ -16,7 +16,7 @@ use validator::{Validate, ValidationError, ValidationErrors};
 
 use super::{Caller, authorize};
 use crate::bus::{Bus, Delivery, EventId};
-use crate::config::Config;
+use crate::config::LiveConfig;
 use crate::error::Error;
 use crate::topics::Action;
 
@@ -118,7 +118,7 @@ impl ChatMutation {
             .and_then(|c| c.identity.as_ref())
             .map(|i| i.user_id.clone())
             .ok_or_else(|| Error::Unauthenticated.extend())?;
-        let config = ctx.data_unchecked::<Arc<Config>>();
+        let config = ctx.data_unchecked::<LiveConfig>().load();
         let content = if config.payload.content.strip_html {
             strip_tags(&input.content)
         } else {

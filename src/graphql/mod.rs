@@ -67,7 +67,7 @@ pub async fn authorize(
     topic: &str,
     action: Action,
 ) -> async_graphql::Result<bool> {
-    let config = ctx.data_unchecked::<Arc<Config>>();
+    let config = ctx.data_unchecked::<LiveConfig>().load();
     let db = ctx.data_unchecked::<Database>();
     let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
     let decision = topics::check(&config.topics, db, caller.identity.as_ref(), topic, action).await;
@@ -120,7 +120,7 @@ pub fn build(services: Services) -> AppSchema {
     } = services;
     let payload = &config.payload;
     let guard = Guard {
-        live,
+        live: live.clone(),
         metrics: metrics.clone(),
         audit: audit.clone(),
         operations,
@@ -142,7 +142,8 @@ pub fn build(services: Services) -> AppSchema {
     if !payload.field_suggestions {
         builder = builder.disable_suggestions();
     }
-    builder.data(config).finish()
+    // Resolvers read the live configuration (topic rules, content policy), so reloads reach them.
+    builder.data(live).finish()
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.

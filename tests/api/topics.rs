@@ -154,3 +154,21 @@ async fn anonymous_connections_are_denied_everything_but_open_grants() {
         "`authenticated` does not cover anonymous"
     );
 }
+
+#[tokio::test]
+async fn topic_rules_stored_by_a_reload_apply_to_open_connections() {
+    let app = spawn_app().await;
+    let mut client = app.ws_acked("alice").await;
+    subscribe(&mut client, "before", "team:red").await;
+    assert!(
+        accepted(&mut client).await.is_err(),
+        "no rule matches team topics yet"
+    );
+    let mut reloaded = (**app.state.live.load()).clone();
+    reloaded.topics.rules.push(
+        serde_yaml::from_str("pattern: 'team:{team}'\nsubscribe: [authenticated]\n").unwrap(),
+    );
+    app.state.live.store(std::sync::Arc::new(reloaded));
+    subscribe(&mut client, "after", "team:red").await;
+    assert!(accepted(&mut client).await.is_ok());
+}
