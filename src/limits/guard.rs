@@ -13,7 +13,6 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
     NextValidation,
 };
-use async_graphql::parser::parse_query;
 use async_graphql::parser::types::{
     ExecutableDocument, OperationDefinition, OperationType, Selection,
 };
@@ -51,6 +50,7 @@ impl ExtensionFactory for Guard {
             operations: self.operations.clone(),
             name: Mutex::default(),
             introspection_only: Mutex::default(),
+            refused: Mutex::default(),
             standing: Mutex::default(),
         })
     }
@@ -65,6 +65,8 @@ struct GuardOperation {
     name: Mutex<Option<String>>,
     /// Whether every root field is `__schema`/`__type`, for the introspection depth allowance.
     introspection_only: Mutex<bool>,
+    /// A shape limit the document broke, found in `prepare_request`.
+    refused: Mutex<Option<Violation>>,
     /// The standing after this operation was counted; put on its result, not on the events of a
     /// subscription (they are server pushes and never count).
     standing: Mutex<Option<Standing>>,
@@ -257,9 +259,25 @@ impl Extension for GuardOperation {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
-        check_variables(&request.variables, &self.live.load().payload)
-            .map_err(|v| self.reject(v))?;
+        let name = request.operation_name.clone();
+        *self.name.lock().expect("lock poisoned") = name.clone();
+        let config = self.live.load();
+        check_variables(&request.variables, &config.payload).map_err(|v| self.reject(v))?;
+        // Size, tokens and nesting are judged before the parser sees the text: its recursion is
+        // what hostile nesting would exhaust. Then the document's shape, on the one parse
+        // async-graphql will reuse (the request caches it): async-graphql's own parse step expands
+        // fragment spreads while checking recursion, which a fan-out of fragments turns into
+        // exponential work before any later hook could refuse it. A text that does not parse is
+        // left to async-graphql, which reports the syntax error. A refusal is counted and
+        // answered in `parse_query`, where the caller is known.
+        let mut request = request;
+        let shape = scan_query(&request.query, &config.payload).and_then(|()| {
+            match request.parsed_query() {
+                Ok(doc) => check_document(doc, name.as_deref(), &config.payload),
+                Err(_) => Ok(()),
+            }
+        });
+        *self.refused.lock().expect("lock poisoned") = shape.err();
         next.run(ctx, request).await
     }
 
@@ -273,16 +291,8 @@ impl Extension for GuardOperation {
         let caller = ctx.data_opt::<Caller>();
         let name = self.name.lock().expect("lock poisoned").clone();
         let config = self.live.load();
-        // Size, tokens and nesting are judged before the parser sees the text: its recursion is
-        // what hostile nesting would exhaust. Then the document's shape, on a parse of our own: async-graphql's parse step expands
-        // fragment spreads while checking recursion, which a fan-out of fragments turns into
-        // exponential work before any later hook could refuse it. A text that does not parse is
-        // left to async-graphql, which reports the syntax error.
-        let shape = scan_query(query, &config.payload).and_then(|()| match parse_query(query) {
-            Ok(doc) => check_document(&doc, name.as_deref(), &config.payload),
-            Err(_) => Ok(()),
-        });
-        if let Err(violation) = shape {
+        let refused = self.refused.lock().expect("lock poisoned").take();
+        if let Some(violation) = refused {
             // A hostile document still cost the server: it counts against the budget.
             if let Some(caller) = caller {
                 self.count(caller)?;
