@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod document;
+pub mod exempt;
 pub mod guard;
 pub mod http;
 pub mod keyed;
