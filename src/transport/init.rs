@@ -51,7 +51,7 @@ impl Connection {
                         "headers": sanitized(&self.peer.headers),
                     }),
                 );
-                self.count("auth_failed");
+                super::count(&self.state, "auth_failed");
                 if self.protocol
                     == async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS
                 {
@@ -97,7 +97,7 @@ impl Connection {
                         Some(identity.user_id.clone()),
                         json!({ "reason": close.reason }),
                     );
-                    self.count("limit_rejected");
+                    super::count(&self.state, "limit_rejected");
                     return self.outbox.close(close);
                 }
             }
@@ -116,7 +116,7 @@ impl Connection {
             identity.as_ref().map(|i| i.user_id.clone()),
             json!({ "method": method }),
         );
-        self.count("accepted");
+        super::count(&self.state, "accepted");
         self.identity = Some(identity);
         self.outbox.text(protocol::connection_ack());
     }
@@ -170,14 +170,6 @@ impl Connection {
                 tracing::warn!(parent: &self.span, cause = error.cause(), "could not re-check the session")
             }
         }
-    }
-
-    fn count(&self, outcome: &str) {
-        self.state
-            .metrics
-            .connections_total
-            .with_label_values(&[outcome])
-            .inc();
     }
 }
 

@@ -106,7 +106,8 @@ pub fn upgrade(
         })
 }
 
-fn count(state: &AppState, outcome: &str) {
+/// Counts an upgrade or init outcome in `palisade_connections_total`.
+pub(super) fn count(state: &AppState, outcome: &str) {
     state
         .metrics
         .connections_total

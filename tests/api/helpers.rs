@@ -234,14 +234,19 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Asserts that `/metrics` has each of `lines` exactly.
-    pub async fn assert_metrics(&self, lines: &[&str]) {
-        let text = reqwest::get(self.url("/metrics"))
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Asserts that `/metrics` has each of `lines` exactly.
+    pub async fn assert_metrics(&self, lines: &[&str]) {
+        let text = self.metrics_text().await;
         for line in lines {
             assert!(
                 text.lines().any(|l| l == *line),

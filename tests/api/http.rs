@@ -302,12 +302,7 @@ async fn metrics_follow_messages_auth_failures_publishes_and_connection_lifetime
     )
     .await;
     crate::helpers::closed_connection_rows(&app.state.db).await;
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let value = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))

@@ -12,12 +12,7 @@ const BROKEN: &str = "operations:\n  rate_limit:\n    warn_at: 1.5\n";
 /// Waits until `/metrics` shows `line`, i.e. until the watcher handled the change.
 async fn until_metric(app: &crate::helpers::TestApp, line: &str) {
     for _ in 0..100 {
-        let text = reqwest::get(app.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics_text().await;
         if text.lines().any(|l| l == line) {
             return;
         }
