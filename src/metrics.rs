@@ -42,6 +42,14 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Events published into the bus, by result (ok, error).
     pub bus_publishes: IntCounterVec,
+    /// Seconds from an event's publication (its stream id) to its read by this instance.
+    pub bus_read_lag: Histogram,
+    /// `GAP` notices sent to subscribers, by cause (replay_window, lagged, redis_reset).
+    pub bus_gaps: IntCounterVec,
+    /// Failed Redis calls of the cluster state (connection slots, presence, control), by part.
+    pub cluster_errors: IntCounterVec,
+    /// Presence-log rows dropped because the queue was full or the database failed.
+    pub presence_log_dropped: IntCounter,
     /// 1 when the last `/readyz` found every dependency reachable, else 0.
     pub ready: IntGauge,
 }
@@ -191,6 +199,35 @@ impl Metrics {
                 "bus_publishes_total",
                 "Events published into the bus by result",
                 &["result"],
+            ),
+            bus_read_lag: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "bus_read_lag_seconds",
+                        "Seconds from an event's publication to its read by this instance",
+                    )
+                    // 1 ms to about 16 s, ×4 per bucket.
+                    .buckets(exponential_buckets(0.001, 4.0, 8).expect("static buckets")),
+                )
+                .expect("static metric definition"),
+            ),
+            bus_gaps: counter_vec(
+                r,
+                "bus_gaps_total",
+                "GAP notices sent to subscribers, by cause",
+                &["cause"],
+            ),
+            cluster_errors: counter_vec(
+                r,
+                "cluster_errors_total",
+                "Failed Redis calls of the cluster state, by part",
+                &["part"],
+            ),
+            presence_log_dropped: counter(
+                r,
+                "presence_log_dropped_total",
+                "Presence-log rows dropped because the queue was full or the database failed",
             ),
             ready: register(
                 r,

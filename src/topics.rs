@@ -32,6 +32,10 @@ pub enum Decision {
     Denied(String),
 }
 
+/// Topics starting with this are the server's own (cluster control, presence events): no client
+/// may subscribe to or publish on them, whatever the rules say.
+pub const INTERNAL_PREFIX: char = '$';
+
 /// Values bound to a pattern's placeholders, e.g. `{workspace}` → `acme`.
 type Bindings<'a> = HashMap<&'a str, &'a str>;
 
@@ -60,6 +64,9 @@ pub async fn check(
     topic: &str,
     action: Action,
 ) -> anyhow::Result<Decision> {
+    if topic.starts_with(INTERNAL_PREFIX) {
+        return Ok(Decision::Denied("internal topic".into()));
+    }
     let Some((rule, bindings)) = topics
         .rules
         .iter()

@@ -59,6 +59,16 @@ pub(super) fn algorithms(algorithms: &[String]) -> Result<(), ValidationError> {
     Ok(())
 }
 
+pub(super) fn at_least_3s(duration: &super::units::Duration) -> Result<(), ValidationError> {
+    if duration.get() >= std::time::Duration::from_secs(3) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "`{duration}` is too short: at least 3s, as instances refresh every third of it"
+        )))
+    }
+}
+
 pub(super) fn sql_identifier(name: &str) -> Result<(), ValidationError> {
     // The table name is spliced into SQL, so only plain identifiers are accepted.
     let mut chars = name.chars();

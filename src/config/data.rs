@@ -124,13 +124,25 @@ fn default_user_column() -> String {
     "user_id".into()
 }
 
-/// Event streams (the bus).
+/// Event streams (the bus) and the cluster state kept in Redis when `REDIS_URL` is set.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
 #[serde(default, deny_unknown_fields)]
 pub struct Streams {
-    /// Prefix of every Redis key Palisade writes. Default `palisade`.
+    /// Prefix of every Redis key Palisade writes. Default `palisade`. Read at startup.
     #[validate(length(min = 1))]
     pub key_prefix: String,
+    /// Number of Redis streams events are spread over, by a hash of the topic name; each instance
+    /// runs one blocking reader per stream. Default `16`, at most `1024`. Every instance (and any
+    /// service publishing with a plain `XADD`) must use the same value; changing it moves topics
+    /// to other streams, so clients resuming across the change get a `GAP` event. Read at startup.
+    #[validate(range(min = 1, max = 1024))]
+    pub shards: u32,
+    /// How long the Redis entries of a connection outlive an instance that stopped refreshing
+    /// them (it crashed or lost Redis): its presence entries and connection-limit slots are
+    /// forgotten, and `leave` events sent, within this time. Instances refresh their entries every
+    /// third of it. Default `30s`, at least `3s`. Read at startup.
+    #[validate(custom(function = "super::checks::at_least_3s"))]
+    pub presence_ttl: Duration,
     /// Events kept per stream (approximate trimming). Default `10000`.
     #[validate(range(min = 1))]
     pub maxlen: u32,
@@ -144,6 +156,8 @@ impl Default for Streams {
     fn default() -> Self {
         Self {
             key_prefix: "palisade".into(),
+            shards: 16,
+            presence_ttl: Duration::secs(30),
             maxlen: 10_000,
             replay_limit: 1_000,
         }

@@ -118,6 +118,12 @@ pub struct Auth {
     /// Express-style signed session cookies, looked up in the session table.
     #[validate(nested)]
     pub session: Session,
+    /// Name of the environment variable holding the API key of `POST /api/publish` (sent as
+    /// `Authorization: Bearer <key>`). Default `PALISADE_PUBLISH_KEY`. When it is unset, that
+    /// endpoint answers 403 and backends publish with a service token or a plain `XADD`. The
+    /// key acts as a caller with the role `service` under the topic rules. Read at startup.
+    #[validate(length(min = 1))]
+    pub publish_key_env: String,
 }
 
 impl Default for Auth {
@@ -130,6 +136,7 @@ impl Default for Auth {
             admin_role: "admin".into(),
             jwt: Jwt::default(),
             session: Session::default(),
+            publish_key_env: "PALISADE_PUBLISH_KEY".into(),
         }
     }
 }

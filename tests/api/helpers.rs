@@ -78,6 +78,100 @@ pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> Test
     .await
 }
 
+/// The Redis every machine runs (CI included), or `REDIS_URL`.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis key prefix no other test (and no earlier run) uses.
+pub fn unique_prefix() -> String {
+    format!("palisade-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One instance of a cluster: instances spawned with the same `prefix` share the Redis at
+/// `redis_url` and so behave as one server; each has its own SQLite database.
+pub async fn spawn_instance(
+    redis_url: &str,
+    prefix: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    spawn_app_with_redis(redis_url, |c| {
+        c.streams.key_prefix = prefix.to_string();
+        tweak(c);
+    })
+    .await
+}
+
+/// A Redis server of the test's own (no persistence, on a free port), which the test may stop and
+/// restart empty, something the shared server must never go through.
+pub struct PrivateRedis {
+    pub port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            process: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would) and waits until the port is free.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private Redis on port {} did not stop", self.port);
+    }
+
+    /// Starts the server (empty: nothing is persisted) and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.process = Some(child);
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private Redis on port {} did not start", self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Spawns with a fresh SQLite database and `REDIS_URL` set to `redis_url`, after `tweak`.
 pub async fn spawn_app_with_redis(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");

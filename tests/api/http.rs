@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{redis_url, spawn_app};
 
 #[tokio::test]
 async fn a_query_over_http_post_answers_with_server_info() {
@@ -144,10 +144,6 @@ async fn admin_endpoints_move_to_admin_listen_when_it_is_set() {
         reqwest::get(app.url("/metrics")).await.unwrap().status(),
         404
     );
-}
-
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 #[tokio::test]

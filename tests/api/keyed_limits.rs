@@ -12,11 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const MINUTE: Duration = Duration::from_secs(60);
+use crate::helpers::{redis_url, unique_prefix};
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// A fresh connection of its own, as a separate server instance would have.
 async fn connection() -> ConnectionManager {
@@ -27,10 +25,6 @@ async fn connection_with(client: redis::Client) -> ConnectionManager {
     ConnectionManager::new(client)
         .await
         .expect("Redis is reachable")
-}
-
-fn unique_prefix() -> String {
-    format!("palisade-test-{}", uuid::Uuid::new_v4())
 }
 
 async fn check(limiter: &KeyedLimiter, key: &str) -> Decision {

@@ -299,7 +299,7 @@ mod per_operation {
             publish_limit(c);
             c.streams.key_prefix = prefix.clone();
         };
-        let redis = crate::http::redis_url();
+        let redis = crate::helpers::redis_url();
         let a = spawn_app_with_redis(&redis, tweak).await;
         let b = spawn_app_with_redis(&redis, tweak).await;
         assert!(publish(&a).await["data"]["publish"]["id"].is_string());
