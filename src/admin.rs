@@ -1,5 +1,11 @@
 //! `POST /admin/revoke`: closes every connection of a user or of a session, for logouts and
 //! incident response. Callers present a JWT whose roles include `auth.admin_role`.
+//!
+//! The instance serving the request closes its own matching connections at once and publishes the
+//! revocation on the bus, where every other instance closes its own. Instances do not report
+//! back, so the answer is `{"closed": n, "notified": b}`: `closed` counts the connections closed
+//! *on this instance* only, and `notified` says whether the revocation reached the bus; when it is
+//! `false` the other instances were not told, and the call should be retried.
 
 use std::net::SocketAddr;
 
@@ -47,9 +53,10 @@ pub async fn revoke(
             "name a user_id, a session_id, or both".into(),
         ));
     }
-    let closed = state
+    let revocation = state
         .registry
-        .revoke(body.user_id.as_deref(), body.session_id.as_deref());
+        .revoke(body.user_id.as_deref(), body.session_id.as_deref())
+        .await;
     state.audit.record(Entry {
         action: "socket.revoked",
         severity: Severity::Warn,
@@ -57,7 +64,15 @@ pub async fn revoke(
         connection_id: None,
         ip: Some(state.client_ip.resolve(peer.ip(), &headers).to_string()),
         // The session id is a credential: only whether one was named is recorded.
-        metadata: json!({ "by": admin.user_id, "by_session": body.session_id.is_some(), "connections": closed }),
+        metadata: json!({
+            "by": admin.user_id,
+            "by_session": body.session_id.is_some(),
+            "connections": revocation.closed,
+            "notified": revocation.notified,
+        }),
     });
-    Ok(Json(json!({ "closed": closed })))
+    Ok(Json(json!({
+        "closed": revocation.closed,
+        "notified": revocation.notified,
+    })))
 }

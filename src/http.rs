@@ -38,7 +38,7 @@ pub async fn graphql_get(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
     {
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-            Ok(ws) => transport::upgrade(state, peer, parts.headers, parts.uri.query(), ws),
+            Ok(ws) => transport::upgrade(state, peer, parts.headers, parts.uri.query(), ws).await,
             Err(rejection) => rejection.into_response(),
         };
     }

@@ -111,6 +111,16 @@ impl Application {
             config.connections.send_queue as usize,
         );
         let bus: Arc<dyn Bus> = Arc::new(Metered::new(memory, metrics.clone()));
+        let tracker = TaskTracker::new();
+        let registry = Registry::new(
+            &config,
+            redis.as_ref(),
+            bus.clone(),
+            &instance.id,
+            &metrics,
+            tracker.clone(),
+        )
+        .context("setting up the connection registry")?;
         let audit = Audit::start(db.clone(), metrics.clone());
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
@@ -140,7 +150,7 @@ impl Application {
         let state = AppState {
             audit,
             auth,
-            registry: Registry::new(&config.connections),
+            registry,
             operations,
             client_ip: ClientIp::new(&config.server.trusted_proxies),
             tls: tls::load(config.server.tls.as_ref()).await?,
@@ -151,7 +161,7 @@ impl Application {
             instance,
             redis,
             shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tracker,
             config: config.clone(),
         };
         let listener = TcpListener::bind(config.server.listen)
@@ -201,7 +211,8 @@ impl Application {
             config_file,
         } = self;
         // Background tasks, each ending when shutdown is cancelled: the reload watcher (only with a
-        // file to watch) and the retention job.
+        // file to watch), the retention job, and the registry's (orders from other instances,
+        // lease renewals).
         if let Some((path, loaded)) = config_file {
             let tls = state.tls.clone().zip(state.config.server.tls.clone());
             let task = reload::watch(
@@ -220,6 +231,7 @@ impl Application {
             state.metrics.clone(),
             state.shutdown.clone(),
         ));
+        tokio::spawn(state.registry.clone().run(state.shutdown.clone()));
         let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
         let (main, admin) = routes::routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();

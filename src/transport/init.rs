@@ -62,15 +62,19 @@ impl Connection {
             }
         };
         if let Some(identity) = &identity {
-            let admitted = self.state.registry.admit_user(
-                &identity.user_id,
-                self.handle.clone(),
-                identity.session_id.clone(),
-            );
+            let admitted = self
+                .state
+                .registry
+                .admit_user(
+                    &identity.user_id,
+                    self.handle.clone(),
+                    identity.session_id.clone(),
+                )
+                .await;
             match admitted {
                 Ok((slot, replaced)) => {
                     self.user_slot = Some(slot);
-                    if let Some(old) = replaced {
+                    for old in replaced {
                         self.audit(
                             "socket.replaced",
                             Severity::Info,

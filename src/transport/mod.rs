@@ -29,7 +29,7 @@ const WRITE_BUFFER_SLACK: usize = 1 << 20;
 /// Answers `GET <graphql_path>` with `Upgrade: websocket`. Before the 101: the subprotocol
 /// (400), the origin (403), the per-IP limits (429); then the size limits are set and the socket
 /// goes to the connection loop.
-pub fn upgrade(
+pub async fn upgrade(
     state: AppState,
     peer: SocketAddr,
     headers: HeaderMap,
@@ -62,7 +62,7 @@ pub fn upgrade(
         });
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
-    let ip_slot = match state.registry.admit_ip(client) {
+    let ip_slot = match state.registry.admit_ip(client).await {
         Ok(slot) => slot,
         Err(refusal) => {
             count(&state, "limit_rejected");

@@ -194,7 +194,7 @@ async fn an_admin_can_revoke_every_connection_of_a_user() {
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.json::<serde_json::Value>().await.unwrap(),
-        json!({ "closed": 1 })
+        json!({ "closed": 1, "notified": true })
     );
     assert_eq!(
         alice.recv().await["payload"]["data"]["connectionNotices"]["kind"],
