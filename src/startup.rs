@@ -26,6 +26,7 @@ use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::limits::http::HttpLimiter;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
+use crate::publish::PublishKey;
 use crate::registry::Registry;
 use crate::{reload, retention, routes, tls};
 
@@ -39,6 +40,8 @@ pub struct Settings {
     pub jwt_secret: HmacSecret,
     /// Express cookie secrets, newest first; empty turns cookie authentication off.
     pub session_secrets: Vec<String>,
+    /// The API key of `POST /api/publish`; `None` turns that endpoint off.
+    pub publish_key: Option<Arc<PublishKey>>,
 }
 
 pub enum DatabaseSource {
@@ -68,6 +71,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub instance: Arc<Instance>,
     pub redis: Option<redis::Client>,
+    /// Where events are published; `POST /api/publish` uses it directly.
+    pub bus: Arc<dyn Bus>,
+    pub publish_key: Option<Arc<PublishKey>>,
     /// Cancelled when the server starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket connections, which outlive the HTTP request that upgraded them.
@@ -131,7 +137,7 @@ impl Application {
             operations: operations.clone(),
             config: config.clone(),
             auth: auth.clone(),
-            bus,
+            bus: bus.clone(),
             db: db.clone(),
             audit: audit.clone(),
             instance: instance.clone(),
@@ -150,6 +156,8 @@ impl Application {
             metrics,
             instance,
             redis,
+            bus,
+            publish_key: settings.publish_key,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             config: config.clone(),

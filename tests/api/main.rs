@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod live_auth;
 mod postgres;
+mod publish;
 mod rate_limits;
 mod reload;
 mod retention;
