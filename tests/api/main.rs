@@ -2,6 +2,7 @@
 
 mod chat;
 mod cli;
+mod cluster;
 mod connection_limits;
 mod connection_log;
 mod deploy;
