@@ -142,22 +142,34 @@ async fn sample(app: &TestApp, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `CLIENT KILL`s the bus readers of one instance; how many there were.
-async fn kill_readers(prefix: &str, instance: &str) -> usize {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+/// The client ids of the bus readers of one instance, found by their `CLIENT SETNAME`.
+async fn reader_ids(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    instance: &str,
+) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
     let wanted = format!("name={prefix}:reader:{instance}:");
-    let ids: Vec<String> = list
-        .lines()
+    list.lines()
         .filter(|line| line.split(' ').any(|field| field.starts_with(&wanted)))
         .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
         .map(str::to_string)
-        .collect();
+        .collect()
+}
+
+async fn shared_redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// `CLIENT KILL`s the bus readers of one instance; how many there were.
+async fn kill_readers(prefix: &str, instance: &str) -> usize {
+    let mut conn = shared_redis().await;
+    let ids = reader_ids(&mut conn, prefix, instance).await;
     for id in &ids {
         let _: () = redis::cmd("CLIENT")
             .arg("KILL")
@@ -487,4 +499,33 @@ async fn after_many_topics_come_and_go_only_the_shard_streams_and_the_epoch_key_
     allowed.push(epoch_key(&prefix));
     allowed.sort();
     assert_eq!(found, allowed);
+}
+
+#[tokio::test]
+async fn an_instance_that_shuts_down_closes_its_reader_connections() {
+    let prefix = unique_prefix();
+    let _keys = Keys(prefix.clone());
+    let mut app = spawn_instance(&redis_url(), &prefix, roomy).await;
+    let instance = app.state.instance.id.clone();
+    let mut conn = shared_redis().await;
+    let mut readers = Vec::new();
+    for _ in 0..100 {
+        readers = reader_ids(&mut conn, &prefix, &instance).await;
+        if readers.len() == 16 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(readers.len(), 16, "one named reader per shard");
+
+    app.begin_shutdown();
+    app.stopped().await.unwrap();
+    for _ in 0..100 {
+        readers = reader_ids(&mut conn, &prefix, &instance).await;
+        if readers.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("readers still connected after shutdown: {readers:?}");
 }

@@ -148,7 +148,7 @@ impl Reader {
         }
         *backoff = MIN_BACKOFF;
         loop {
-            let from = self.last.unwrap_or(EventId { ms: 0, seq: 0 });
+            let from = self.last.unwrap_or_default();
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
