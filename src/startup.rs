@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
-use crate::bus::{Bus, MemoryBus, Metered};
 use crate::client_ip::ClientIp;
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
@@ -28,7 +27,8 @@ use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::publish::PublishKey;
 use crate::registry::Registry;
-use crate::{reload, retention, routes, tls};
+use crate::bus::Bus;
+use crate::{bus, reload, retention, routes, tls};
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -112,11 +112,11 @@ impl Application {
             .transpose()
             .context("parsing REDIS_URL")?;
         let verifier = Verifier::new(&config.auth.jwt, &settings.jwt_secret)?;
-        let memory = MemoryBus::new(
-            config.streams.replay_limit as usize,
-            config.connections.send_queue as usize,
-        );
-        let bus: Arc<dyn Bus> = Arc::new(Metered::new(memory, metrics.clone()));
+        // Made before the bus: with Redis, the bus's readers start now (the schema needs the bus)
+        // and stop when the server shuts down.
+        let shutdown = CancellationToken::new();
+        let bus = bus::build(&config, redis.as_ref(), &instance.id, &metrics, &shutdown)
+            .context("setting up the event bus")?;
         let audit = Audit::start(db.clone(), metrics.clone());
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
@@ -158,7 +158,7 @@ impl Application {
             redis,
             bus,
             publish_key: settings.publish_key,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             config: config.clone(),
         };
