@@ -149,6 +149,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             .filter(|url| !url.is_empty()),
         jwt_secret,
         session_secrets: crate::auth::SessionStore::secrets_from_env(&config.auth.session),
+        publish_key: crate::publish::PublishKey::from_env(&config.auth.publish_key_env),
         config_path,
         config,
     };

@@ -14,6 +14,7 @@ pub mod graphql;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod publish;
 pub mod registry;
 pub mod reload;
 pub mod retention;

@@ -9,7 +9,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::limits::http::HttpLimiter;
 use crate::startup::AppState;
-use crate::{admin, http};
+use crate::{admin, http, publish};
 
 /// The public router, and the admin router when admin endpoints have their own listener.
 pub fn routers(
@@ -45,6 +45,7 @@ pub fn routers(
         .merge(graphql)
         .route("/graphiql/{file}", get(http::graphiql_asset))
         .route("/admin/revoke", post(admin::revoke))
+        .route("/api/publish", post(publish::publish))
         .layer(DefaultBodyLimit::max(
             config.payload.max_message_bytes.bytes(),
         ))

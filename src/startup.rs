@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
-use crate::bus::{Bus, MemoryBus, Metered};
+use crate::bus::Bus;
 use crate::client_ip::ClientIp;
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
@@ -26,8 +26,9 @@ use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::limits::http::HttpLimiter;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
+use crate::publish::PublishKey;
 use crate::registry::Registry;
-use crate::{reload, retention, routes, tls};
+use crate::{bus, reload, retention, routes, tls};
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -39,6 +40,8 @@ pub struct Settings {
     pub jwt_secret: HmacSecret,
     /// Express cookie secrets, newest first; empty turns cookie authentication off.
     pub session_secrets: Vec<String>,
+    /// The API key of `POST /api/publish`; `None` turns that endpoint off.
+    pub publish_key: Option<Arc<PublishKey>>,
 }
 
 pub enum DatabaseSource {
@@ -68,6 +71,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub instance: Arc<Instance>,
     pub redis: Option<redis::Client>,
+    /// Where events are published; `POST /api/publish` uses it directly.
+    pub bus: Arc<dyn Bus>,
+    pub publish_key: Option<Arc<PublishKey>>,
     /// Cancelled when the server starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket connections, which outlive the HTTP request that upgraded them.
@@ -106,11 +112,11 @@ impl Application {
             .transpose()
             .context("parsing REDIS_URL")?;
         let verifier = Verifier::new(&config.auth.jwt, &settings.jwt_secret)?;
-        let memory = MemoryBus::new(
-            config.streams.replay_limit as usize,
-            config.connections.send_queue as usize,
-        );
-        let bus: Arc<dyn Bus> = Arc::new(Metered::new(memory, metrics.clone()));
+        // Made before the bus: with Redis, the bus's readers start now (the schema needs the bus)
+        // and stop when the server shuts down.
+        let shutdown = CancellationToken::new();
+        let bus = bus::build(&config, redis.as_ref(), &instance.id, &metrics, &shutdown)
+            .context("setting up the event bus")?;
         let tracker = TaskTracker::new();
         let registry = Registry::new(
             &config,
@@ -121,6 +127,7 @@ impl Application {
             tracker.clone(),
         )
         .context("setting up the connection registry")?;
+        registry.follow_orders().await;
         let audit = Audit::start(db.clone(), metrics.clone());
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
@@ -141,7 +148,7 @@ impl Application {
             operations: operations.clone(),
             config: config.clone(),
             auth: auth.clone(),
-            bus,
+            bus: bus.clone(),
             db: db.clone(),
             audit: audit.clone(),
             instance: instance.clone(),
@@ -160,7 +167,9 @@ impl Application {
             metrics,
             instance,
             redis,
-            shutdown: CancellationToken::new(),
+            bus,
+            publish_key: settings.publish_key,
+            shutdown,
             tracker,
             config: config.clone(),
         };

@@ -17,6 +17,8 @@ pub use session::SessionStore;
 pub enum Method {
     Jwt,
     Session,
+    /// The API key of `POST /api/publish`; never a WebSocket connection.
+    ApiKey,
 }
 
 impl Method {
@@ -24,6 +26,7 @@ impl Method {
         match self {
             Method::Jwt => "jwt",
             Method::Session => "session",
+            Method::ApiKey => "api_key",
         }
     }
 }

@@ -28,6 +28,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::stream::BoxStream;
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +39,7 @@ use self::cluster::{Admission, Cluster, holder_of, local_lease};
 use self::local::{LeaseKey, Local, Member};
 use self::rate::Rate;
 use self::remote::Order;
-use crate::bus::Bus;
+use crate::bus::{Bus, Delivery};
 use crate::config::{Config, Connections, OnUserLimit};
 use crate::metrics::Metrics;
 use crate::transport::control::ConnectionHandle;
@@ -74,6 +75,8 @@ pub struct Registry {
     cluster: Option<Cluster>,
     /// Carries orders between instances (`$control`).
     bus: Arc<dyn Bus>,
+    /// The subscription to `$control` made at startup, until the listener takes it over.
+    orders: Mutex<Option<BoxStream<'static, Delivery>>>,
     instance: String,
     /// Releases run after their connection ended; tracked so that shutdown waits for them.
     tracker: TaskTracker,
@@ -106,6 +109,7 @@ impl Registry {
             reconnects_per_user: Rate::per_minute(limits.reconnects_per_minute, cluster.as_ref()),
             cluster,
             bus,
+            orders: Mutex::default(),
             instance: instance.to_string(),
             tracker,
             errors,

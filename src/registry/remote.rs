@@ -22,6 +22,9 @@ const KIND: &str = "registry";
 /// that replaced a connection elsewhere acknowledges its client, only once the order is out.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long startup waits for the subscription to `$control`.
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
+
 /// Resubscribing after a bus failure backs off up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -98,15 +101,43 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Subscribes to `$control` before the server starts serving, so that a connection admitted
+    /// here cannot miss an order published after its admission. Gives up after `FOLLOW_WAIT`
+    /// (Redis unreachable at startup must not hold the server back): the listener then keeps
+    /// trying on its own.
+    pub async fn follow_orders(&self) {
+        let subscribe = self.bus.subscribe(TOPIC.into(), None);
+        match tokio::time::timeout(FOLLOW_WAIT, subscribe).await {
+            Ok(Ok(deliveries)) => {
+                *self.orders.lock().expect("orders lock poisoned") = Some(deliveries)
+            }
+            Ok(Err(error)) => tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "could not follow {TOPIC} yet"
+            ),
+            Err(_) => {
+                tracing::warn!("could not follow {TOPIC} yet: the bus did not answer in time")
+            }
+        }
+    }
+}
+
 /// Follows `$control` until shutdown, carrying out the orders meant for this instance. A broken
 /// subscription is resumed after the last order seen, so a bus that keeps history loses none.
 pub(super) async fn listen(registry: Arc<Registry>, shutdown: CancellationToken) {
     let mut after: Option<EventId> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let subscribed = shutdown
-            .run_until_cancelled(registry.bus.subscribe(TOPIC.into(), after))
-            .await;
+        let early = registry.orders.lock().expect("orders lock poisoned").take();
+        let subscribed = match early {
+            Some(deliveries) => Some(Ok(deliveries)),
+            None => {
+                shutdown
+                    .run_until_cancelled(registry.bus.subscribe(TOPIC.into(), after))
+                    .await
+            }
+        };
         let mut deliveries = match subscribed {
             None => return,
             Some(Ok(deliveries)) => deliveries,

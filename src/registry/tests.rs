@@ -102,8 +102,10 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
         registry(&config, bus, "b"),
     );
     let shutdown = CancellationToken::new();
-    tokio::spawn(a.clone().run(shutdown.clone()));
-    tokio::spawn(b.clone().run(shutdown.clone()));
+    for registry in [&a, &b] {
+        registry.follow_orders().await;
+        tokio::spawn(registry.clone().run(shutdown.clone()));
+    }
     let (on_a, mut on_a_rx) = handle("on-a");
     let (on_b, mut on_b_rx) = handle("on-b");
     let (bob, mut bob_rx) = handle("bob");
@@ -116,18 +118,18 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
             .unwrap(),
         b.admit_user("bob", bob, None).await.unwrap(),
     );
-    // The listeners subscribe in the background: repeat until b has heard one.
-    let mut heard = None;
-    for _ in 0..25 {
-        let revocation = a.revoke(Some("alice"), Some("s1")).await;
-        assert!(revocation.notified);
-        assert!(revocation.closed >= 1, "{revocation:?}");
-        heard = closed_with(&mut on_b_rx).await;
-        if heard.is_some() {
-            break;
+    let revocation = a.revoke(Some("alice"), Some("s1")).await;
+    assert_eq!(
+        revocation,
+        Revocation {
+            closed: 1,
+            notified: true
         }
-    }
-    assert_eq!(heard, Some((NoticeKind::Revoked, code::FORBIDDEN)));
+    );
+    assert_eq!(
+        closed_with(&mut on_b_rx).await,
+        Some((NoticeKind::Revoked, code::FORBIDDEN))
+    );
     assert_eq!(
         closed_with(&mut on_a_rx).await,
         Some((NoticeKind::Revoked, code::FORBIDDEN))
@@ -137,6 +139,8 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
         None,
         "bob keeps his connection"
     );
+    assert_eq!(closed_with(&mut on_a_rx).await, None, "told once");
+    assert_eq!(closed_with(&mut on_b_rx).await, None, "told once");
     shutdown.cancel();
 }
 
@@ -144,8 +148,8 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
 async fn an_instance_carries_out_its_own_revoke_once_and_ignores_its_echo() {
     let registry = registry(&config(5, OnUserLimit::CloseOldest), memory_bus(), "a");
     let shutdown = CancellationToken::new();
+    registry.follow_orders().await;
     tokio::spawn(registry.clone().run(shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let (alice, mut alice_rx) = handle("alice-1");
     let _slot = registry.admit_user("alice", alice, None).await.unwrap();
     let revocation = registry.revoke(Some("alice"), None).await;

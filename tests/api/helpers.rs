@@ -8,6 +8,7 @@ use palisade::auth::jwt;
 use palisade::auth::secret::HmacSecret;
 use palisade::config::Config;
 use palisade::db::Database;
+use palisade::publish::PublishKey;
 use palisade::startup::{AppState, Application, DatabaseSource, Settings};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
@@ -15,6 +16,9 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The `POST /api/publish` key test servers accept (except those spawned from a file).
+pub const PUBLISH_KEY: &str = "test-publish-key";
 
 /// The Express cookie secret test servers accept.
 pub const SESSION_SECRET: &str = "keyboard cat";
@@ -63,6 +67,7 @@ pub async fn spawn_app_from_file(path: &std::path::Path) -> TestApp {
         redis_url: None,
         jwt_secret: secret.clone(),
         session_secrets: Vec::new(),
+        publish_key: None,
     };
     start(settings, secret, dir).await
 }
@@ -205,6 +210,7 @@ async fn spawn(
         redis_url,
         jwt_secret: secret.clone(),
         session_secrets: vec![SESSION_SECRET.to_string()],
+        publish_key: Some(PublishKey::new(PUBLISH_KEY)),
     };
     start(settings, secret, dir).await
 }

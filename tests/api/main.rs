@@ -1,7 +1,9 @@
 //! One integration-test binary: every suite spawns real servers and talks to them over sockets.
 
+mod bus_redis;
 mod chat;
 mod cli;
+mod cluster;
 mod cluster_limits;
 mod connection_limits;
 mod connection_log;
@@ -18,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod live_auth;
 mod postgres;
+mod publish;
 mod rate_limits;
 mod reload;
 mod retention;
