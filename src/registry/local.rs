@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::transport::control::{ConnectionHandle, Control, Notice, NoticeKind};
 use crate::transport::protocol::{Close, code};
 
@@ -22,8 +24,18 @@ pub(super) enum LeaseKey {
 
 pub(super) struct Member {
     pub handle: ConnectionHandle,
-    pub session_id: Option<String>,
+    /// The [`session_digest`] of the connection's session, if it authenticated with one.
+    pub session: Option<String>,
     pub lease: String,
+}
+
+/// The SHA-256 (hex) of a session id, which is what the registry keeps and revoke orders carry:
+/// the id itself is a credential, kept out of the bus, Redis and logs.
+pub(super) fn session_digest(session_id: &str) -> String {
+    Sha256::digest(session_id.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[derive(Default)]
@@ -128,13 +140,14 @@ impl Local {
             .collect()
     }
 
-    /// Closes every connection of `user`, or of `session_id` when given; returns how many.
-    pub fn revoke(&self, user: Option<&str>, session_id: Option<&str>) -> usize {
+    /// Closes every connection of `user`, or of the session with digest `session` when given;
+    /// returns how many.
+    pub fn revoke(&self, user: Option<&str>, session: Option<&str>) -> usize {
         self.per_user
             .iter()
             .filter(|(u, _)| user.is_none_or(|wanted| wanted == u.as_str()))
             .flat_map(|(_, members)| members)
-            .filter(|m| session_id.is_none_or(|wanted| m.session_id.as_deref() == Some(wanted)))
+            .filter(|m| session.is_none_or(|wanted| m.session.as_deref() == Some(wanted)))
             .inspect(|m| {
                 // A full control queue means the connection is already being told to go.
                 m.handle.send(revoked());

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 pub use self::leases::{IpSlot, UserSlot};
 
 use self::cluster::{Admission, Cluster, holder_of, local_lease};
-use self::local::{LeaseKey, Local, Member};
+use self::local::{LeaseKey, Local, Member, session_digest};
 use self::rate::Rate;
 use self::remote::Order;
 use crate::bus::{Bus, Delivery};
@@ -209,7 +209,7 @@ impl Registry {
             };
             let member = Member {
                 handle,
-                session_id,
+                session: session_id.as_deref().map(session_digest),
                 lease: lease.clone(),
             };
             local.insert_user(user, member);
@@ -230,11 +230,12 @@ impl Registry {
     /// Closes every connection of `user`, or of `session_id` when given: here right away, and on
     /// the other instances through the bus.
     pub async fn revoke(&self, user: Option<&str>, session_id: Option<&str>) -> Revocation {
-        let closed = self.lock().revoke(user, session_id);
+        let session = session_id.map(session_digest);
+        let closed = self.lock().revoke(user, session.as_deref());
         let order = Order::Revoke {
             from: self.instance.clone(),
             user: user.map(str::to_string),
-            session: session_id.map(str::to_string),
+            session,
         };
         let notified = self.publish(&order).await;
         Revocation { closed, notified }

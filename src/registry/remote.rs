@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::Registry;
 use crate::bus::{Delivery, Event, EventId};
 
-pub(super) const TOPIC: &str = "$control";
+const TOPIC: &str = "$control";
 
 /// The event kind of every order; the payload says which.
 const KIND: &str = "registry";
@@ -38,7 +38,7 @@ pub(super) enum Order {
         user: String,
         connection: String,
     },
-    /// `POST /admin/revoke` on instance `from`.
+    /// `POST /admin/revoke` on instance `from`; `session` is the session id's digest.
     Revoke {
         from: String,
         user: Option<String>,
@@ -99,9 +99,7 @@ impl Registry {
             }
         }
     }
-}
 
-impl Registry {
     /// Subscribes to `$control` before the server starts serving, so that a connection admitted
     /// here cannot miss an order published after its admission. Gives up after `FOLLOW_WAIT`
     /// (Redis unreachable at startup must not hold the server back): the listener then keeps

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc::Receiver;
 
 use super::*;
-use crate::bus::MemoryBus;
+use crate::bus::{Delivery, MemoryBus};
 use crate::transport::control::{Control, NoticeKind};
 use crate::transport::protocol::code;
 
@@ -83,7 +84,7 @@ async fn a_replace_order_for_a_connection_still_being_admitted_closes_it_on_arri
     let (late, mut late_rx) = handle("late");
     let member = Member {
         handle: late,
-        session_id: None,
+        session: None,
         lease: "lease".into(),
     };
     local.insert_user("u", member);
@@ -99,7 +100,7 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
     let config = config(5, OnUserLimit::CloseOldest);
     let (a, b) = (
         registry(&config, bus.clone(), "a"),
-        registry(&config, bus, "b"),
+        registry(&config, bus.clone(), "b"),
     );
     let shutdown = CancellationToken::new();
     for registry in [&a, &b] {
@@ -118,6 +119,7 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
             .unwrap(),
         b.admit_user("bob", bob, None).await.unwrap(),
     );
+    let mut orders = bus.subscribe("$control".into(), None).await.unwrap();
     let revocation = a.revoke(Some("alice"), Some("s1")).await;
     assert_eq!(
         revocation,
@@ -125,6 +127,14 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
             closed: 1,
             notified: true
         }
+    );
+    let Some(Delivery::Event(order)) = orders.next().await else {
+        panic!("the order is on the bus");
+    };
+    assert_eq!(
+        order.payload["session"],
+        session_digest("s1"),
+        "the session id itself stays off the bus"
     );
     assert_eq!(
         closed_with(&mut on_b_rx).await,
