@@ -200,6 +200,21 @@ async fn the_presence_query_on_one_instance_lists_users_connected_to_another() {
 }
 
 #[tokio::test]
+async fn an_instance_shutting_down_takes_its_users_offline_without_waiting_for_the_ttl() {
+    let prefix = unique_prefix();
+    let a = spawn_instance(&redis_url(), &prefix, |_| {}).await;
+    let mut b = spawn_instance(&redis_url(), &prefix, |_| {}).await;
+    let mut alice = b.ws_acked("alice").await;
+    subscribe_events(&mut alice, "e").await;
+    wait_online(&a, &[("alice", 1)]).await;
+    b.begin_shutdown();
+    assert_eq!(alice.closed().await.0, 1001);
+    b.stopped().await.unwrap();
+    // At once, not after the default presence_ttl of 30s.
+    assert_eq!(online(&a).await, []);
+}
+
+#[tokio::test]
 async fn a_presence_subscriber_on_one_instance_sees_users_join_and_leave_on_another() {
     let prefix = unique_prefix();
     let a = spawn_instance(&redis_url(), &prefix, |_| {}).await;
