@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
+use crate::bus::Bus;
 use crate::client_ip::ClientIp;
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
@@ -27,7 +28,6 @@ use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::publish::PublishKey;
 use crate::registry::Registry;
-use crate::bus::Bus;
 use crate::{bus, reload, retention, routes, tls};
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
