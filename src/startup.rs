@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Audit;
 use crate::auth::secret::HmacSecret;
 use crate::auth::{Authenticator, SessionStore, Verifier};
-use crate::bus::{Bus, MemoryBus, Metered};
+use crate::bus::Bus;
 use crate::client_ip::ClientIp;
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
 use crate::publish::PublishKey;
 use crate::registry::Registry;
-use crate::{reload, retention, routes, tls};
+use crate::{bus, reload, retention, routes, tls};
 
 /// Everything the server needs to start, resolved from the CLI, the environment and the file.
 pub struct Settings {
@@ -115,11 +115,11 @@ impl Application {
             .transpose()
             .context("parsing REDIS_URL")?;
         let verifier = Verifier::new(&config.auth.jwt, &settings.jwt_secret)?;
-        let memory = MemoryBus::new(
-            config.streams.replay_limit as usize,
-            config.connections.send_queue as usize,
-        );
-        let bus: Arc<dyn Bus> = Arc::new(Metered::new(memory, metrics.clone()));
+        // Made before the bus: with Redis, the bus's readers start now (the schema needs the bus)
+        // and stop when the server shuts down.
+        let shutdown = CancellationToken::new();
+        let bus = bus::build(&config, redis.as_ref(), &instance.id, &metrics, &shutdown)
+            .context("setting up the event bus")?;
         let audit = Audit::start(db.clone(), metrics.clone());
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
@@ -135,7 +135,6 @@ impl Application {
             .context("setting up per-operation limits")?,
         );
         let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
-        let shutdown = CancellationToken::new();
         let presence = Presence::start(presence::Setup {
             redis: redis.as_ref(),
             streams: &config.streams,

@@ -1,9 +1,10 @@
 //! The event bus: backends publish events into topics; subscribers get every event of a topic in
 //! order, and may resume after a known event id. The in-process bus serves a single instance;
-//! a Redis Streams bus implements the same trait for a cluster.
+//! the Redis Streams bus ([`redis`]) serves a cluster of instances sharing one Redis.
 
 mod memory;
 mod metered;
+pub mod redis;
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,13 +14,48 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
 
 pub use memory::MemoryBus;
 pub use metered::Metered;
+pub use redis::RedisBus;
+
+/// The bus of this instance: Redis Streams when `REDIS_URL` is set (its readers run until
+/// `shutdown` is cancelled), the in-process bus otherwise.
+pub fn build(
+    config: &Config,
+    redis: Option<&::redis::Client>,
+    instance_id: &str,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Bus>> {
+    Ok(match redis {
+        Some(client) => {
+            let bus = RedisBus::start(
+                client.clone(),
+                config,
+                instance_id,
+                metrics.clone(),
+                shutdown,
+            )?;
+            Arc::new(Metered::new(bus, metrics.clone()))
+        }
+        None => {
+            let memory = MemoryBus::new(
+                config.streams.replay_limit as usize,
+                config.connections.send_queue as usize,
+            );
+            Arc::new(Metered::new(memory, metrics.clone()))
+        }
+    })
+}
 
 /// A position in a topic's stream, written `<milliseconds>-<sequence>` like a Redis Stream id, so
 /// ids stay comparable whichever bus produced them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId {
     pub ms: u64,
     pub seq: u64,

@@ -1,5 +1,6 @@
 //! One integration-test binary: every suite spawns real servers and talks to them over sockets.
 
+mod bus_redis;
 mod chat;
 mod cli;
 mod cluster;

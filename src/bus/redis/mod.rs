@@ -1,0 +1,278 @@
+//! The Redis Streams bus: every instance publishes into and reads from the same streams, so a
+//! subscriber on one instance gets what is published on any other.
+//!
+//! # Wire format (for publishers in other languages)
+//!
+//! Events live in `streams.shards` streams (default 16). A topic's stream is
+//! `{key_prefix}:events:{<n>}` (the braces are literal: `palisade:events:{7}`; they make `<n>` a
+//! Redis Cluster hash tag), where `<n>` is the FNV-1a 32-bit hash of the topic's UTF-8 bytes
+//! modulo `streams.shards`:
+//!
+//! ```text
+//! hash = 0x811C9DC5                                  // offset basis
+//! for each byte b of the topic:
+//!     hash = (hash XOR b) * 0x01000193 mod 2^32      // FNV prime
+//! n = hash mod shards
+//! ```
+//!
+//! (`"" → 0x811C9DC5`, `"a" → 0xE40C292C`, `"foobar" → 0xBF9CF968`; see [`shard_of`].)
+//! An event is one entry with exactly these fields, added with an auto id:
+//!
+//! ```text
+//! XADD <stream> MAXLEN ~ <streams.maxlen> * topic <topic> type <type> payload <JSON text>
+//! ```
+//!
+//! The entry id is the event id clients see and resume from (`after`), and its milliseconds are
+//! the event's `publishedAt`. An entry without a UTF-8 `topic` is skipped with a warning by every
+//! instance; one without a `type`, or whose `payload` is not JSON, by the instances that have
+//! subscribers of its topic (the others never parse it). Publishers must trim with `MAXLEN ~` and
+//! no lower than `streams.maxlen`: harder trimming can drop entries an instance has not read yet,
+//! which it then reports as a `GAP`.
+//!
+//! # Reading
+//!
+//! Each instance runs one reader per stream (`reader.rs`), each blocking on its own connection,
+//! and hands entries to the subscribers it has for their topic (`fanout.rs`). A subscriber
+//! resuming with `after` gets the missed events read back from its topic's stream (`replay.rs`);
+//! `after` must be an id of that topic (or `0-0`: whatever is still kept), otherwise the resume
+//! starts with a `GAP`.
+//!
+//! # Redis failures
+//!
+//! Publishing fails closed: without an answer within [`REDIS_TIMEOUT`] it is `Unavailable`, never
+//! a success that was not stored (an answer lost after the write means an error for an event
+//! that subscribers still get). Readers reconnect with capped backoff and continue from the last
+//! entry they handed over, so an outage delays events but loses none, unless Redis lost its data:
+//! the epoch key `{key_prefix}:bus:epoch` (set once, never expiring) changes, or a stream's last
+//! id goes back, and subscribers of the affected stream get a `GAP`. A subscriber that cannot be
+//! positioned in the streams (the instance never reached Redis, or its replay failed) is refused
+//! with `Unavailable` rather than silently missing events. Redis must not evict these keys
+//! (`maxmemory-policy` `noeviction` or `volatile-*`): an evicted epoch reads as a reset.
+//!
+//! Keys: the shard streams (bounded by `MAXLEN ~`) and the epoch key; nothing per topic.
+
+mod entry;
+mod fanout;
+mod info;
+mod reader;
+mod replay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusError, Delivery, Event, EventId};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use fanout::Fanout;
+
+/// How long a publish or a subscriber's first positioning may wait for Redis before the bus
+/// reports itself unavailable.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for a replay, which may scan a whole stream (`streams.maxlen` entries) in pages.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The FNV-1a 32-bit hash of `topic` modulo `shards`: the stream a topic's events go to.
+pub fn shard_of(topic: &str, shards: u32) -> u32 {
+    fnv1a_32(topic.as_bytes()) % shards.max(1)
+}
+
+fn fnv1a_32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811C_9DC5, |hash, &byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The key of stream `shard`.
+pub fn stream_key(key_prefix: &str, shard: u32) -> String {
+    format!("{key_prefix}:events:{{{shard}}}")
+}
+
+/// The key whose value changes when Redis lost its data.
+pub fn epoch_key(key_prefix: &str) -> String {
+    format!("{key_prefix}:bus:epoch")
+}
+
+pub struct RedisBus {
+    /// Shared, multiplexed: publishes and replays (short commands only, never a blocking read).
+    conn: ConnectionManager,
+    fanout: Arc<Fanout>,
+    metrics: Arc<Metrics>,
+    key_prefix: String,
+    shards: u32,
+    maxlen: u32,
+    replay_limit: usize,
+}
+
+impl RedisBus {
+    /// Builds the bus and spawns one reader per shard; the readers stop when `shutdown` is
+    /// cancelled. Redis need not be reachable yet.
+    pub fn start(
+        client: redis::Client,
+        config: &Config,
+        instance_id: &str,
+        metrics: Arc<Metrics>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let streams = &config.streams;
+        // Commands wait for a reconnection in progress: one retry (not the default six, over
+        // seconds) lets a publish during an outage fail fast; the next command tries again.
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            ConnectionManagerConfig::new()
+                .set_number_of_retries(1)
+                .set_connection_timeout(Some(REDIS_TIMEOUT))
+                .set_response_timeout(Some(REDIS_TIMEOUT)),
+        )
+        .context("setting up the bus's Redis connection")?;
+        let fanout = Fanout::new(
+            streams.shards as usize,
+            config.connections.send_queue as usize,
+        );
+        for shard in 0..streams.shards {
+            let reader = reader::Reader::new(
+                client.clone(),
+                &streams.key_prefix,
+                instance_id,
+                shard,
+                streams.maxlen as usize,
+                fanout.clone(),
+                metrics.clone(),
+            );
+            // A task per shard: each blocks in `XREAD` on a connection of its own, which one
+            // task could not do for several streams without reading them in lockstep.
+            tokio::spawn(reader.run(shutdown.clone()));
+        }
+        Ok(Self {
+            conn,
+            fanout,
+            metrics,
+            key_prefix: streams.key_prefix.clone(),
+            shards: streams.shards,
+            maxlen: streams.maxlen,
+            replay_limit: streams.replay_limit.max(1) as usize,
+        })
+    }
+
+    #[tracing::instrument(skip(self, payload), err(Display))]
+    async fn add(
+        &self,
+        key: &str,
+        topic: &str,
+        kind: &str,
+        payload: &str,
+    ) -> anyhow::Result<String> {
+        let mut conn = self.conn.clone();
+        let mut add = redis::cmd("XADD");
+        add.arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.maxlen)
+            .arg("*")
+            .arg("topic")
+            .arg(topic)
+            .arg("type")
+            .arg(kind)
+            .arg("payload")
+            .arg(payload);
+        tokio::time::timeout(REDIS_TIMEOUT, add.query_async::<String>(&mut conn))
+            .await
+            .context("Redis did not answer in time")?
+            .with_context(|| format!("XADD to {key}"))
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(
+        &self,
+        topic: String,
+        kind: String,
+        payload: Value,
+    ) -> BoxFuture<'_, Result<Arc<Event>, BusError>> {
+        Box::pin(async move {
+            let key = stream_key(&self.key_prefix, shard_of(&topic, self.shards));
+            let id = self
+                .add(&key, &topic, &kind, &payload.to_string())
+                .await
+                .and_then(|id| id.parse::<EventId>().map_err(anyhow::Error::msg))
+                .map_err(BusError::Unavailable)?;
+            Ok(Arc::new(Event {
+                id,
+                topic,
+                kind,
+                payload,
+                published_at: entry::added_at(id),
+            }))
+        })
+    }
+
+    fn subscribe(
+        &self,
+        topic: String,
+        after: Option<EventId>,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
+        Box::pin(async move {
+            let shard = shard_of(&topic, self.shards) as usize;
+            // Until this shard's reader has found its place in the stream, events published now
+            // might be neither replayed nor read live.
+            tokio::time::timeout(REDIS_TIMEOUT, self.fanout.positioned(shard))
+                .await
+                .map_err(|_| {
+                    BusError::Unavailable(anyhow::anyhow!("the bus has not reached Redis yet"))
+                })?;
+            // Joined before the replay is read, so whatever is published meanwhile arrives live;
+            // the live side then drops what the replay already covered.
+            let member = self.fanout.join(shard, &topic);
+            let Some(after) = after else {
+                return Ok(member.live(None, None, self.metrics.clone()).boxed());
+            };
+            let key = stream_key(&self.key_prefix, shard as u32);
+            let mut conn = self.conn.clone();
+            let replay = replay::read(&mut conn, &key, &topic, after, self.replay_limit);
+            let replay = tokio::time::timeout(REPLAY_TIMEOUT, replay)
+                .await
+                .context("Redis did not answer in time")
+                .and_then(|r| r)
+                .map_err(BusError::Unavailable)?;
+            let (first, seam) = replay.into_deliveries(after, &self.metrics);
+            let live = member.live(Some(seam), Some(seam), self.metrics.clone());
+            Ok(stream::iter(first).chain(live).boxed())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_hash_with_fnv_1a_32() {
+        // Reference vectors of FNV-1a 32 (Fowler, Noll, Vo).
+        for (topic, hash) in [
+            ("", 0x811C_9DC5),
+            ("a", 0xE40C_292C),
+            ("foobar", 0xBF9C_F968),
+        ] {
+            assert_eq!(fnv1a_32(topic.as_bytes()), hash, "{topic:?}");
+        }
+        // What other publishers must compute with the default 16 shards.
+        assert_eq!(shard_of("", 16), 5);
+        assert_eq!(shard_of("foobar", 16), 8);
+        assert_eq!(shard_of("conversation:42", 16), 6);
+        assert_eq!(shard_of("user:alice", 16), 0);
+        assert_eq!(shard_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn keys_use_the_shard_as_a_cluster_hash_tag() {
+        assert_eq!(stream_key("palisade", 7), "palisade:events:{7}");
+        assert_eq!(epoch_key("palisade"), "palisade:bus:epoch");
+    }
+}
