@@ -16,6 +16,7 @@ use palisade::db::Database;
 use palisade::graphql::{self, Caller, Instance, Mutation, Query, Services, Subscription};
 use palisade::limits::per_operation::OperationLimits;
 use palisade::metrics::Metrics;
+use palisade::presence::{self, Presence};
 use palisade::transport::control::ConnectionHandle;
 
 const ROUNDS: usize = 5;
@@ -134,6 +135,15 @@ async fn main() -> anyhow::Result<()> {
             None,
         )),
         bus: bus.clone(),
+        presence: Presence::start(presence::Setup {
+            redis: None,
+            streams: &config.streams,
+            instance: instance.id.clone(),
+            bus: bus.clone(),
+            db: db.clone(),
+            metrics: metrics.clone(),
+            shutdown: Default::default(),
+        })?,
         db: db.clone(),
         audit: Audit::start(db, metrics.clone()),
         instance: instance.clone(),

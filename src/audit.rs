@@ -1,19 +1,16 @@
-//! The audit trail. Recording never blocks or fails the caller: rows go into a bounded queue that
-//! one background task drains into the database. A full queue or a failed insert counts the row as
-//! dropped in `palisade_audit_dropped_total` instead of slowing the connection path.
+//! The audit trail. Recording never blocks or fails the caller: rows go through the bounded
+//! queue of [`crate::writer`], and a row that cannot be written counts in
+//! `palisade_audit_dropped_total` instead of slowing the connection path.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::on_pool;
-
-/// Rows waiting for the writer; beyond this the audit trail sheds load rather than memory.
-const QUEUE: usize = 4096;
+use crate::writer::{Row, Writer};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Severity {
@@ -40,74 +37,49 @@ pub struct Entry {
     pub metadata: Value,
 }
 
-enum Command {
-    Write(Entry, DateTime<Utc>),
-    /// Answered once every row queued before it has been written.
-    Flush(oneshot::Sender<()>),
+/// An entry with the time it was recorded.
+struct Recorded(Entry, DateTime<Utc>);
+
+impl Row for Recorded {
+    const TABLE: &'static str = "audit_log";
+
+    async fn insert(&self, db: &Database) -> anyhow::Result<()> {
+        let Recorded(e, at) = self;
+        on_pool!(db, |pool| {
+            sqlx::query(
+                "INSERT INTO audit_log (action, severity, user_id, connection_id, ip, metadata, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(e.action)
+            .bind(e.severity.as_str())
+            .bind(&e.user_id)
+            .bind(&e.connection_id)
+            .bind(&e.ip)
+            .bind(sqlx::types::Json(&e.metadata))
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(drop)
+        })?;
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
-pub struct Audit {
-    tx: mpsc::Sender<Command>,
-    metrics: Arc<Metrics>,
-}
+pub struct Audit(Writer<Recorded>);
 
 impl Audit {
     /// Starts the writer task; it ends when the last handle is dropped.
     pub fn start(db: Database, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(db, rx, metrics.clone()));
-        Self { tx, metrics }
+        Self(Writer::start(db, metrics.audit_dropped.clone()))
     }
 
     pub fn record(&self, entry: Entry) {
-        if self.tx.try_send(Command::Write(entry, Utc::now())).is_err() {
-            self.metrics.audit_dropped.inc();
-        }
+        self.0.record(Recorded(entry, Utc::now()));
     }
 
     /// Waits until everything recorded so far is written (used at shutdown and in tests).
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Command::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.0.flush().await;
     }
-}
-
-async fn write_loop(db: Database, mut rx: mpsc::Receiver<Command>, metrics: Arc<Metrics>) {
-    // One row at a time keeps the writer simple; the queue absorbs bursts.
-    while let Some(command) = rx.recv().await {
-        match command {
-            Command::Write(entry, at) => {
-                if let Err(error) = insert(&db, &entry, at).await {
-                    metrics.audit_dropped.inc();
-                    tracing::warn!(error = ?error, action = entry.action, "audit row dropped");
-                }
-            }
-            Command::Flush(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-}
-
-async fn insert(db: &Database, e: &Entry, at: DateTime<Utc>) -> anyhow::Result<()> {
-    on_pool!(db, |pool| {
-        sqlx::query(
-            "INSERT INTO audit_log (action, severity, user_id, connection_id, ip, metadata, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(e.action)
-        .bind(e.severity.as_str())
-        .bind(&e.user_id)
-        .bind(&e.connection_id)
-        .bind(&e.ip)
-        .bind(sqlx::types::Json(&e.metadata))
-        .bind(at)
-        .execute(pool)
-        .await
-        .map(drop)
-    })?;
-    Ok(())
 }

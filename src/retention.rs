@@ -63,6 +63,7 @@ pub async fn run_once(
             retention.connection_logs.get(),
         ),
         ("audit_log", "created_at", retention.audit_logs.get()),
+        ("presence_log", "at", retention.presence_logs.get()),
     ];
     let mut removed = Vec::new();
     for (table, age, keep) in tables {

@@ -26,6 +26,7 @@ use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::limits::http::HttpLimiter;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
+use crate::presence::{self, Presence};
 use crate::publish::PublishKey;
 use crate::registry::Registry;
 use crate::{bus, reload, retention, routes, tls};
@@ -74,6 +75,8 @@ pub struct AppState {
     /// Where events are published; `POST /api/publish` uses it directly.
     pub bus: Arc<dyn Bus>,
     pub publish_key: Option<Arc<PublishKey>>,
+    /// Who is online on which topic.
+    pub presence: Arc<Presence>,
     /// Cancelled when the server starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket connections, which outlive the HTTP request that upgraded them.
@@ -143,6 +146,16 @@ impl Application {
             .context("setting up per-operation limits")?,
         );
         let live: LiveConfig = Arc::new(ArcSwap::new(config.clone()));
+        let presence = Presence::start(presence::Setup {
+            redis: redis.as_ref(),
+            streams: &config.streams,
+            instance: instance.id.clone(),
+            bus: bus.clone(),
+            db: db.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .context("setting up presence")?;
         let schema = graphql::build(Services {
             live: live.clone(),
             operations: operations.clone(),
@@ -153,6 +166,7 @@ impl Application {
             audit: audit.clone(),
             instance: instance.clone(),
             metrics: metrics.clone(),
+            presence: presence.clone(),
         });
         let state = AppState {
             audit,
@@ -169,6 +183,7 @@ impl Application {
             redis,
             bus,
             publish_key: settings.publish_key,
+            presence,
             shutdown,
             tracker,
             config: config.clone(),
@@ -311,6 +326,8 @@ impl Application {
         if drained.is_err() {
             tracing::warn!(grace = ?grace, "shutdown grace elapsed; dropping what is still running");
         }
+        // Connections are closed by now; whatever presence is left (grace elapsed) leaves.
+        state.presence.stop().await;
         state.audit.flush().await;
         state.db.close().await;
         tracing::info!("stopped");

@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 use validator::{Validate, ValidationError, ValidationErrors};
 
-use super::{Caller, authorize};
+use super::{Caller, authorize, presence};
 use crate::bus::{Bus, Delivery, EventId};
 use crate::config::LiveConfig;
 use crate::error::Error;
@@ -165,9 +165,10 @@ impl ChatSubscription {
         authorize(ctx, &topic, Action::Subscribe).await?;
         let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
         let deliveries = bus
-            .subscribe(topic, after)
+            .subscribe(topic.clone(), after)
             .await
             .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+        let deliveries = presence::held(deliveries, presence::enter(ctx, &topic).await);
         Ok(deliveries.filter_map(|delivery| async move {
             match delivery {
                 Delivery::Event(event) if event.kind == "message" => {

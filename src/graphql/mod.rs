@@ -4,6 +4,7 @@
 mod chat;
 mod connection;
 mod observe;
+mod presence;
 mod types;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::error::Error;
 use crate::limits::guard::Guard;
 use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
 
@@ -39,6 +41,7 @@ pub struct Subscription(
     types::EventSubscription,
     chat::ChatSubscription,
     connection::ConnectionSubscription,
+    presence::PresenceSubscription,
 );
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
@@ -103,6 +106,7 @@ pub struct Services {
     pub audit: Audit,
     pub instance: Arc<Instance>,
     pub metrics: Arc<Metrics>,
+    pub presence: Arc<Presence>,
 }
 
 /// Builds the schema with the shape limits of `payload` that async-graphql enforces itself.
@@ -117,6 +121,7 @@ pub fn build(services: Services) -> AppSchema {
         audit,
         instance,
         metrics,
+        presence,
     } = services;
     let payload = &config.payload;
     let guard = Guard {
@@ -131,6 +136,7 @@ pub fn build(services: Services) -> AppSchema {
         .data(db)
         .data(audit)
         .data(instance)
+        .data(presence)
         .extension(observe::Observe(metrics))
         .extension(guard)
         // Depth and complexity are measured here but judged by the guard, which reports them

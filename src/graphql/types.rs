@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
+use super::presence::{self, PresenceEntry};
 use super::{Caller, Instance, authorize};
 use crate::bus::{Bus, Delivery, Event as BusEvent, EventId};
 use crate::error::Error;
@@ -35,6 +36,18 @@ impl Query {
             id: ID(identity.user_id.clone()),
             claims: Json(Value::Object(identity.claims.clone())),
         })
+    }
+
+    /// Who is online on a topic: users with at least one connection subscribed to it (`events`,
+    /// `messages` on `conversation:<id>`, or `presence`), on any instance; a user whose instance
+    /// stopped is dropped within `streams.presence_ttl`. Sorted by user id. Needs a `subscribe`
+    /// grant of the topic's rule (FORBIDDEN otherwise).
+    async fn presence(
+        &self,
+        ctx: &Context<'_>,
+        topic: String,
+    ) -> async_graphql::Result<Vec<PresenceEntry>> {
+        presence::online(ctx, &topic).await
     }
 }
 
@@ -102,6 +115,7 @@ impl EventSubscription {
             .subscribe(topic.clone(), after)
             .await
             .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+        let deliveries = presence::held(deliveries, presence::enter(ctx, &topic).await);
         Ok(deliveries.map(move |delivery| match delivery {
             Delivery::Event(event) => Event(event),
             Delivery::Gap { after } => Event(Arc::new(BusEvent {

@@ -1,6 +1,8 @@
 //! Spawns Palisade on port 0 with a fresh database and talks to it over real sockets.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,7 +13,9 @@ use palisade::db::Database;
 use palisade::publish::PublishKey;
 use palisade::startup::{AppState, Application, DatabaseSource, Settings};
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStderr};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -177,6 +181,60 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// The real binary, as an operator runs it.
+pub struct Binary {
+    pub child: Child,
+    /// Where it listens, from its `listening` log line.
+    pub address: String,
+    /// The JSON log lines before the `listening` one.
+    pub logged: Vec<Value>,
+    /// The log lines after it. Read them, or the child blocks once the pipe is full.
+    pub lines: Lines<BufReader<ChildStderr>>,
+}
+
+/// Starts the binary in `dir` with `config` as its hardening.yaml (which sets `logging.format:
+/// json` and a port-0 `server.listen`), a SQLite database in `dir`, neither `RUST_LOG` nor
+/// `REDIS_URL` unless `env` sets them, and waits until it listens.
+pub async fn start_binary(dir: &Path, config: &str, env: &[(&str, &str)]) -> Binary {
+    let config_path = dir.join("hardening.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--config", config_path.to_str().unwrap()])
+        .current_dir(dir)
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("p.db").display()),
+        )
+        .env_remove("RUST_LOG")
+        .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut logged = Vec::new();
+    let address = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server logs");
+        let entry: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if entry["fields"]["message"] == "listening" {
+            break entry["fields"]["address"].as_str().unwrap().to_string();
+        }
+        logged.push(entry);
+    };
+    Binary {
+        child,
+        address,
+        logged,
+        lines,
+    }
+}
+
 /// Spawns with a fresh SQLite database and `REDIS_URL` set to `redis_url`, after `tweak`.
 pub async fn spawn_app_with_redis(redis_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -281,17 +339,7 @@ impl TestApp {
 
     /// Opens a WebSocket offering `protocol`, without sending anything.
     pub async fn ws(&self, protocol: &str) -> WsClient {
-        let mut request = format!("ws://{}/graphql", self.addr)
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", protocol.parse().unwrap());
-        let (stream, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("the upgrade succeeds");
-        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
-        WsClient { stream }
+        ws_to(&self.addr.to_string(), protocol).await
     }
 
     /// A `graphql-transport-ws` connection that has been acknowledged for user `sub`.
@@ -369,6 +417,21 @@ impl TestApp {
             .expect("shutdown finishes")
             .expect("the server task does not panic")
     }
+}
+
+/// Opens a WebSocket to `/graphql` at `address` offering `protocol`, without sending anything.
+pub async fn ws_to(address: &str, protocol: &str) -> WsClient {
+    let mut request = format!("ws://{address}/graphql")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().unwrap());
+    let (stream, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the upgrade succeeds");
+    assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+    WsClient { stream }
 }
 
 pub struct WsClient {

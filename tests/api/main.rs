@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod live_auth;
 mod postgres;
+mod presence;
 mod publish;
 mod rate_limits;
 mod reload;

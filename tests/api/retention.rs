@@ -75,7 +75,14 @@ async fn only_expired_rows_are_deleted(app: &TestApp) {
     let removed = palisade::retention::run_once(db, &Retention::default(), &app.state.metrics)
         .await
         .unwrap();
-    assert_eq!(removed, [("connection_log", 2), ("audit_log", 2_500)]);
+    assert_eq!(
+        removed,
+        [
+            ("connection_log", 2),
+            ("audit_log", 2_500),
+            ("presence_log", 0)
+        ]
+    );
     assert_eq!(
         remaining(db, "connection_log").await,
         ["closed-recently", "open-now"]

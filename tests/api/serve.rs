@@ -1,54 +1,29 @@
 //! The real binary, as an operator runs it.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Message};
+
+use crate::helpers::{Binary, start_binary, ws_to};
 
 const SECRET: &str = "serve-test-secret";
 
 #[tokio::test]
 async fn serve_writes_json_logs_whose_connection_lines_carry_connection_user_and_instance() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hardening.yaml");
-    std::fs::write(
-        &config,
+    let Binary {
+        mut child,
+        address,
+        logged: mut seen,
+        mut lines,
+    } = start_binary(
+        dir.path(),
         "server:\n  listen: 127.0.0.1:0\nlogging:\n  format: json\n",
+        &[("PALISADE_JWT_SECRET", SECRET)],
     )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("PALISADE_JWT_SECRET", SECRET)
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("p.db").display()),
-        )
-        .env_remove("RUST_LOG")
-        .env_remove("REDIS_URL")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen: Vec<Value> = Vec::new();
-    let address = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the server logs");
-        let entry: Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if entry["fields"]["message"] == "listening" {
-            break entry["fields"]["address"].as_str().unwrap().to_string();
-        }
-        seen.push(entry);
-    };
+    .await;
 
     let secret = palisade::auth::secret::HmacSecret {
         bytes: SECRET.as_bytes().to_vec(),
@@ -62,14 +37,7 @@ async fn serve_writes_json_logs_whose_connection_lines_carry_connection_user_and
         Duration::from_secs(60),
     )
     .unwrap();
-    let mut request = format!("ws://{address}/graphql")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = ws_to(&address, "graphql-transport-ws").await.stream;
     ws.send(Message::text(
         json!({ "type": "connection_init", "payload": { "token": token } }).to_string(),
     ))

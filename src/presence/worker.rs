@@ -1,0 +1,227 @@
+//! The presence worker: the one task of an instance that turns subscriptions starting and ending
+//! into joins and leaves, and keeps the instance's entries leased.
+//!
+//! One task, so that the joins and leaves of a connection reach the store in the order they
+//! happened without any lock; commands that queue up while a round trip is in flight are applied
+//! together as one batch (one pipelined round trip to Redis).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+
+use super::log::{LogRow, Status};
+use super::{Change, Entry, Op, Outcome, Store, Transition, bus_topic, timestamp};
+use crate::bus::Bus;
+use crate::writer::Writer;
+
+/// Most commands applied as one batch.
+const BATCH: usize = 512;
+
+pub enum Command {
+    /// A subscription started; answered once its join is recorded (or failed).
+    Enter(Entry, oneshot::Sender<()>),
+    /// A subscription ended.
+    Exit(Entry),
+    /// Shutdown: leave whatever is still present, write the log, answer, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Publishes transitions and writes log rows; shared by the worker and the sweeper.
+pub struct Reporter {
+    pub bus: Arc<dyn Bus>,
+    pub log: Writer<LogRow>,
+    /// This instance.
+    pub instance: String,
+}
+
+impl Reporter {
+    /// Logs what `outcome` did to the connection, and publishes the user's transition if any.
+    /// `instance` served the connection.
+    pub async fn report(&self, outcome: &Outcome, instance: &str) {
+        if outcome.applied {
+            self.log.record(LogRow {
+                entry: outcome.entry.clone(),
+                instance: instance.to_string(),
+                status: match outcome.op {
+                    Op::Join => Status::Online,
+                    Op::Leave => Status::Offline,
+                },
+                at: timestamp(outcome.at),
+            });
+        }
+        if !outcome.changed {
+            return;
+        }
+        let transition = Transition {
+            change: match outcome.op {
+                Op::Join => Change::Join,
+                Op::Leave => Change::Leave,
+            },
+            user: outcome.entry.user.clone(),
+            topic: outcome.entry.topic.clone(),
+            at: outcome.at,
+        };
+        let published = self
+            .bus
+            .publish(
+                bus_topic(&transition.topic),
+                transition.kind().into(),
+                transition.payload(),
+            )
+            .await;
+        if let Err(error) = published {
+            // Subscribers catch up at their next resync; the state itself is right.
+            tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), topic = %transition.topic, "a presence transition was not published");
+        }
+    }
+
+    /// Applies `ops` and reports each outcome. On failure the state heals itself: a lost join
+    /// is redone by the next refresh, a lost leave expires and is swept.
+    async fn apply(&self, store: &Store, ops: Vec<(Op, Entry)>) {
+        if ops.is_empty() {
+            return;
+        }
+        match store.apply(ops).await {
+            Ok(outcomes) => {
+                for outcome in &outcomes {
+                    self.report(outcome, &self.instance).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "presence joins and leaves failed"
+                );
+            }
+        }
+    }
+}
+
+/// Subscriptions of one connection to one topic: the connection is present while there is one.
+struct Local {
+    user: String,
+    subscriptions: usize,
+}
+
+/// Runs until [`Command::Stop`], or until every handle is gone.
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    store: Arc<Store>,
+    reporter: Arc<Reporter>,
+    refresh_every: Duration,
+) {
+    let mut local: HashMap<(String, String), Local> = HashMap::new();
+    let mut refresh = tokio::time::interval(refresh_every);
+    refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Subscriptions starting and ending, taken in batches of whatever has queued.
+            command = rx.recv() => {
+                let Some(command) = command else { return };
+                let mut batch = vec![command];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(command) => batch.push(command),
+                        Err(_) => break,
+                    }
+                }
+                if step(&mut local, batch, &store, &reporter).await {
+                    return;
+                }
+            }
+            // Re-leases this instance's entries well before they expire (every third of the
+            // lease), so that only an instance that stopped refreshing loses them. In process
+            // nothing expires.
+            _ = refresh.tick(), if store.leased() => {
+                if local.is_empty() {
+                    continue;
+                }
+                let entries = local
+                    .iter()
+                    .map(|((topic, connection), l)| Entry {
+                        topic: topic.clone(),
+                        connection: connection.clone(),
+                        user: l.user.clone(),
+                    })
+                    .collect();
+                match store.refresh(entries).await {
+                    // Joins here are entries Redis lost (swept during an outage): back online.
+                    Ok(outcomes) => {
+                        for outcome in &outcomes {
+                            reporter.report(outcome, &reporter.instance).await;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "presence refresh failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies one batch of commands; true when it held a `Stop`.
+async fn step(
+    local: &mut HashMap<(String, String), Local>,
+    batch: Vec<Command>,
+    store: &Store,
+    reporter: &Reporter,
+) -> bool {
+    let mut ops = Vec::new();
+    let mut waiting = Vec::new();
+    let mut stop = None;
+    for command in batch {
+        match command {
+            Command::Enter(entry, done) => {
+                let key = (entry.topic.clone(), entry.connection.clone());
+                let slot = local.entry(key).or_insert_with(|| Local {
+                    user: entry.user.clone(),
+                    subscriptions: 0,
+                });
+                slot.subscriptions += 1;
+                if slot.subscriptions == 1 {
+                    ops.push((Op::Join, entry));
+                }
+                waiting.push(done);
+            }
+            Command::Exit(entry) => {
+                if let Slot::Occupied(mut slot) =
+                    local.entry((entry.topic.clone(), entry.connection.clone()))
+                {
+                    slot.get_mut().subscriptions -= 1;
+                    if slot.get().subscriptions == 0 {
+                        slot.remove();
+                        ops.push((Op::Leave, entry));
+                    }
+                }
+            }
+            Command::Stop(done) => stop = Some(done),
+        }
+    }
+    if stop.is_some() {
+        ops.extend(local.drain().map(|((topic, connection), l)| {
+            let entry = Entry {
+                topic,
+                connection,
+                user: l.user,
+            };
+            (Op::Leave, entry)
+        }));
+    }
+    reporter.apply(store, ops).await;
+    for done in waiting {
+        let _ = done.send(());
+    }
+    match stop {
+        Some(done) => {
+            reporter.log.flush().await;
+            let _ = done.send(());
+            true
+        }
+        None => false,
+    }
+}

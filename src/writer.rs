@@ -1,0 +1,91 @@
+//! Log rows written off the request path. Recording never blocks or fails the caller: rows go
+//! into a bounded queue that one background task drains into the database. A full queue or a
+//! failed insert counts the row as dropped (each log has its own counter) instead of slowing the
+//! connection path. The audit trail and the presence log both write through this.
+
+use std::future::Future;
+
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Database;
+
+/// Rows waiting for the writer; beyond this a log sheds load rather than memory.
+const QUEUE: usize = 4096;
+
+/// One row of a log table.
+pub trait Row: Send + 'static {
+    /// The table, for the warning logged when a row is dropped.
+    const TABLE: &'static str;
+
+    fn insert<'a>(
+        &'a self,
+        db: &'a Database,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'a;
+}
+
+enum Command<R> {
+    Write(R),
+    /// Answered once every row queued before it has been written.
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct Writer<R> {
+    tx: mpsc::Sender<Command<R>>,
+    dropped: IntCounter,
+}
+
+// Derived `Clone` would require `R: Clone`; only the sender and the counter are cloned.
+impl<R> Clone for Writer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+impl<R: Row> Writer<R> {
+    /// Starts the writer task; it ends when the last handle is dropped. Rows that cannot be
+    /// written are counted in `dropped`.
+    pub fn start(db: Database, dropped: IntCounter) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(db, rx, dropped.clone()));
+        Self { tx, dropped }
+    }
+
+    pub fn record(&self, row: R) {
+        if self.tx.try_send(Command::Write(row)).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Waits until everything recorded so far is written (used at shutdown and in tests).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write_loop<R: Row>(db: Database, mut rx: mpsc::Receiver<Command<R>>, dropped: IntCounter) {
+    // One row at a time keeps the writer simple; the queue absorbs bursts.
+    while let Some(command) = rx.recv().await {
+        match command {
+            Command::Write(row) => {
+                if let Err(error) = row.insert(&db).await {
+                    dropped.inc();
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        table = R::TABLE,
+                        "log row dropped"
+                    );
+                }
+            }
+            Command::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
