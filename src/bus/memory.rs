@@ -1,8 +1,9 @@
-//! The in-process bus: one broadcast channel and one replay ring per topic.
+//! The in-process bus: one replay ring per topic, and the same per-subscriber fan-out as the
+//! Redis bus (one shard), so following a topic costs the same here.
 //!
-//! Publishing appends to the ring and broadcasts under the same lock a subscriber takes to read the
-//! ring and join the channel, so a subscriber sees each event exactly once: either in its replay or
-//! live, never both and never neither.
+//! Publishing appends to the ring and delivers while holding the lock a subscriber takes to read
+//! the ring and join the fan-out, so a subscriber sees each event exactly once: either in its
+//! replay or live, never both and never neither.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -12,19 +13,21 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use serde_json::Value;
-use tokio::sync::broadcast;
 
+use super::fanout::{Fanout, GapCause};
 use super::{Bus, BusError, Delivery, Event, EventId};
+use crate::metrics::Metrics;
 
 pub struct MemoryBus {
     inner: Mutex<Inner>,
+    fanout: Arc<Fanout>,
     replay_limit: usize,
-    /// Events a live subscriber may fall behind by before it is told it missed some.
-    channel_capacity: usize,
+    metrics: Option<Arc<Metrics>>,
 }
 
 struct Inner {
     last_id: EventId,
+    /// Topics that had events; a subscriber alone does not make an entry.
     topics: HashMap<String, Topic>,
 }
 
@@ -32,30 +35,30 @@ struct Topic {
     ring: VecDeque<Arc<Event>>,
     /// The newest event pushed out of the ring: a subscriber resuming before it has a gap.
     evicted: Option<EventId>,
-    tx: broadcast::Sender<Arc<Event>>,
 }
 
 impl MemoryBus {
-    pub fn new(replay_limit: usize, channel_capacity: usize) -> Self {
+    /// A bus whose subscribers may each fall `send_queue` events behind before they are told
+    /// they missed some. It counts no gaps; see [`MemoryBus::with_metrics`].
+    pub fn new(replay_limit: usize, send_queue: usize) -> Self {
+        Self::build(replay_limit, send_queue, None)
+    }
+
+    /// The same, counting gaps in `bus_gaps`.
+    pub fn with_metrics(replay_limit: usize, send_queue: usize, metrics: Arc<Metrics>) -> Self {
+        Self::build(replay_limit, send_queue, Some(metrics))
+    }
+
+    fn build(replay_limit: usize, send_queue: usize, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 last_id: EventId { ms: 0, seq: 0 },
                 topics: HashMap::new(),
             }),
+            fanout: Fanout::new(1, send_queue, metrics.clone()),
             replay_limit: replay_limit.max(1),
-            channel_capacity: channel_capacity.max(1),
+            metrics,
         }
-    }
-
-    fn topic<'a>(&self, inner: &'a mut Inner, name: &str) -> &'a mut Topic {
-        inner
-            .topics
-            .entry(name.to_string())
-            .or_insert_with(|| Topic {
-                ring: VecDeque::new(),
-                evicted: None,
-                tx: broadcast::channel(self.channel_capacity).0,
-            })
     }
 }
 
@@ -86,14 +89,17 @@ impl Bus for MemoryBus {
             payload,
             published_at: now,
         });
-        let replay_limit = self.replay_limit;
-        let state = self.topic(&mut inner, &topic);
+        let state = inner.topics.entry(topic).or_insert_with(|| Topic {
+            ring: VecDeque::new(),
+            evicted: None,
+        });
         state.ring.push_back(event.clone());
-        if state.ring.len() > replay_limit {
+        if state.ring.len() > self.replay_limit {
             state.evicted = state.ring.pop_front().map(|e| e.id);
         }
-        // No receiver is fine: the event still waits in the ring for resuming subscribers.
-        let _ = state.tx.send(event.clone());
+        // Still under the lock, so no subscriber joins between the ring and the delivery.
+        self.fanout.deliver(0, &event);
+        drop(inner);
         Box::pin(async move { Ok(event) })
     }
 
@@ -102,35 +108,26 @@ impl Bus for MemoryBus {
         topic: String,
         after: Option<EventId>,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
-        let mut inner = self.inner.lock().expect("bus lock poisoned");
-        let state = self.topic(&mut inner, &topic);
-        let rx = state.tx.subscribe();
+        let inner = self.inner.lock().expect("bus lock poisoned");
+        let member = self.fanout.join(0, &topic);
         let mut replay = Vec::new();
-        if let Some(after) = after {
+        let mut last = after;
+        if let (Some(after), Some(state)) = (after, inner.topics.get(&topic)) {
             if state.evicted.is_some_and(|evicted| evicted > after) {
+                if let Some(metrics) = &self.metrics {
+                    let cause = GapCause::ReplayWindow.label();
+                    metrics.bus_gaps.with_label_values(&[cause]).inc();
+                }
                 replay.push(Delivery::Gap { after: Some(after) });
             }
-            replay.extend(
-                state
-                    .ring
-                    .iter()
-                    .filter(|e| e.id > after)
-                    .map(|e| Delivery::Event(e.clone())),
-            );
+            for event in state.ring.iter().filter(|e| e.id > after) {
+                last = Some(event.id);
+                replay.push(Delivery::Event(event.clone()));
+            }
         }
         drop(inner);
-        let live = stream::unfold((rx, after), |(mut rx, last)| async move {
-            match rx.recv().await {
-                Ok(event) => {
-                    let last = Some(event.id);
-                    Some((Delivery::Event(event), (rx, last)))
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    Some((Delivery::Gap { after: last }, (rx, last)))
-                }
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        });
+        // Joined under the lock that orders publishes, so live events all follow the replay.
+        let live = member.live(None, last);
         Box::pin(async move { Ok(stream::iter(replay).chain(live).boxed()) })
     }
 }
@@ -172,5 +169,36 @@ mod tests {
         let sub = bus.subscribe("t".into(), Some(first.id)).await.unwrap();
         let got: Vec<Delivery> = sub.take(3).collect().await;
         assert_eq!(ids(&got), ["GAP", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_one_gap_and_others_get_everything() {
+        let metrics = Arc::new(Metrics::new("test"));
+        let bus = MemoryBus::with_metrics(10, 2, metrics.clone());
+        let mut slow = bus.subscribe("t".into(), None).await.unwrap();
+        let mut fast = bus.subscribe("t".into(), None).await.unwrap();
+        for i in 0..4 {
+            bus.publish("t".into(), "k".into(), i.into()).await.unwrap();
+            let got: Vec<Delivery> = fast.by_ref().take(1).collect().await;
+            assert_eq!(ids(&got), [i.to_string()]);
+        }
+        let got: Vec<Delivery> = slow.by_ref().take(3).collect().await;
+        assert_eq!(ids(&got), ["0", "1", "GAP"]);
+        bus.publish("t".into(), "k".into(), 4.into()).await.unwrap();
+        let got: Vec<Delivery> = slow.by_ref().take(1).collect().await;
+        assert_eq!(ids(&got), ["4"]);
+        assert_eq!(metrics.bus_gaps.with_label_values(&["lagged"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn following_a_quiet_topic_leaves_nothing_behind_once_the_subscriber_goes() {
+        let bus = MemoryBus::new(10, 16);
+        let sub = bus
+            .subscribe("quiet".into(), Some(EventId::default()))
+            .await;
+        assert!(bus.fanout.follows(0, "quiet"));
+        drop(sub);
+        assert!(!bus.fanout.follows(0, "quiet"));
+        assert!(bus.inner.lock().unwrap().topics.is_empty());
     }
 }

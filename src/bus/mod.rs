@@ -2,6 +2,7 @@
 //! order, and may resume after a known event id. The in-process bus serves a single instance;
 //! the Redis Streams bus ([`redis`]) serves a cluster of instances sharing one Redis.
 
+mod fanout;
 mod memory;
 mod metered;
 pub mod redis;
@@ -44,9 +45,10 @@ pub fn build(
             Arc::new(Metered::new(bus, metrics.clone()))
         }
         None => {
-            let memory = MemoryBus::new(
+            let memory = MemoryBus::with_metrics(
                 config.streams.replay_limit as usize,
                 config.connections.send_queue as usize,
+                metrics.clone(),
             );
             Arc::new(Metered::new(memory, metrics.clone()))
         }

@@ -32,10 +32,11 @@
 //! # Reading
 //!
 //! Each instance runs one reader per stream (`reader.rs`), each blocking on its own connection,
-//! and hands entries to the subscribers it has for their topic (`fanout.rs`). A subscriber
-//! resuming with `after` gets the missed events read back from its topic's stream (`replay.rs`);
-//! `after` must be an id of that topic (or `0-0`: whatever is still kept), otherwise the resume
-//! starts with a `GAP`.
+//! and hands entries to the subscribers it has for their topic (`bus/fanout.rs`, a bounded queue
+//! per subscriber: one that falls `connections.send_queue` events behind gets a `GAP`). A
+//! subscriber resuming with `after` gets the missed events read back from its topic's stream
+//! (`replay.rs`); `after` must be an id of that topic (or `0-0`: whatever is still kept),
+//! otherwise the resume starts with a `GAP`.
 //!
 //! # Redis failures
 //!
@@ -52,7 +53,6 @@
 //! Keys: the shard streams (bounded by `MAXLEN ~`) and the epoch key; nothing per topic.
 
 mod entry;
-mod fanout;
 mod info;
 mod reader;
 mod replay;
@@ -66,12 +66,13 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::fanout::Fanout;
 use super::{Bus, BusError, Delivery, Event, EventId};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use fanout::Fanout;
 
 /// How long a publish or a subscriber's first positioning may wait for Redis before the bus
 /// reports itself unavailable.
@@ -104,6 +105,9 @@ pub struct RedisBus {
     /// Shared, multiplexed: publishes and replays (short commands only, never a blocking read).
     conn: ConnectionManager,
     fanout: Arc<Fanout>,
+    /// Per shard: true once its reader knows its place in the stream; before, a new subscriber
+    /// could miss what is published while the reader connects.
+    positioned: Vec<watch::Receiver<bool>>,
     metrics: Arc<Metrics>,
     key_prefix: String,
     shards: u32,
@@ -135,9 +139,11 @@ impl RedisBus {
         let fanout = Fanout::new(
             streams.shards as usize,
             config.connections.send_queue as usize,
+            Some(metrics.clone()),
         );
+        let mut positioned = Vec::with_capacity(streams.shards as usize);
         for shard in 0..streams.shards {
-            let reader = reader::Reader::new(
+            let (reader, placed) = reader::Reader::new(
                 client.clone(),
                 &streams.key_prefix,
                 instance_id,
@@ -149,10 +155,12 @@ impl RedisBus {
             // A task per shard: each blocks in `XREAD` on a connection of its own, which one
             // task could not do for several streams without reading them in lockstep.
             tokio::spawn(reader.run(shutdown.clone()));
+            positioned.push(placed);
         }
         Ok(Self {
             conn,
             fanout,
+            positioned,
             metrics,
             key_prefix: streams.key_prefix.clone(),
             shards: streams.shards,
@@ -222,16 +230,20 @@ impl Bus for RedisBus {
             let shard = shard_of(&topic, self.shards) as usize;
             // Until this shard's reader has found its place in the stream, events published now
             // might be neither replayed nor read live.
-            tokio::time::timeout(REDIS_TIMEOUT, self.fanout.positioned(shard))
+            let mut positioned = self.positioned[shard].clone();
+            // An error means the reader stopped (shutdown) before it ever reached Redis.
+            let placed = tokio::time::timeout(REDIS_TIMEOUT, positioned.wait_for(|p| *p))
                 .await
-                .map_err(|_| {
-                    BusError::Unavailable(anyhow::anyhow!("the bus has not reached Redis yet"))
-                })?;
+                .is_ok_and(|waited| waited.is_ok());
+            if !placed {
+                let why = anyhow::anyhow!("the bus has not reached Redis yet");
+                return Err(BusError::Unavailable(why));
+            }
             // Joined before the replay is read, so whatever is published meanwhile arrives live;
             // the live side then drops what the replay already covered.
             let member = self.fanout.join(shard, &topic);
             let Some(after) = after else {
-                return Ok(member.live(None, None, self.metrics.clone()).boxed());
+                return Ok(member.live(None, None).boxed());
             };
             let key = stream_key(&self.key_prefix, shard as u32);
             let mut conn = self.conn.clone();
@@ -242,7 +254,7 @@ impl Bus for RedisBus {
                 .and_then(|r| r)
                 .map_err(BusError::Unavailable)?;
             let (first, seam) = replay.into_deliveries(after, &self.metrics);
-            let live = member.live(Some(seam), Some(seam), self.metrics.clone());
+            let live = member.live(Some(seam), Some(seam));
             Ok(stream::iter(first).chain(live).boxed())
         })
     }

@@ -12,11 +12,12 @@ use rand::Rng;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamReadReply};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Fanout, GapCause, Live};
 use super::{entry, epoch_key, info, stream_key};
 use crate::bus::EventId;
+use crate::bus::fanout::{Fanout, GapCause};
 use crate::metrics::Metrics;
 
 /// How long one `XREAD` waits for entries. An empty wait ends with a check that Redis did not
@@ -42,6 +43,9 @@ pub struct Reader {
     name: String,
     count: usize,
     fanout: Arc<Fanout>,
+    /// Set once the first connection found the stream's end: from then on every entry reaches
+    /// the subscribers who joined, so they may be let in.
+    positioned: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     /// The last entry handed over; `None` until the first connection found the stream's end.
     last: Option<EventId>,
@@ -50,6 +54,7 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// The reader of `shard`, and what turns true once it is positioned.
     pub fn new(
         client: redis::Client,
         key_prefix: &str,
@@ -58,10 +63,11 @@ impl Reader {
         maxlen: usize,
         fanout: Arc<Fanout>,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> (Self, watch::Receiver<bool>) {
         // Client names cannot contain spaces.
         let name = format!("{key_prefix}:reader:{instance_id}:{shard}").replace(' ', "_");
-        Self {
+        let (positioned, placed) = watch::channel(false);
+        let reader = Self {
             client,
             shard,
             key: stream_key(key_prefix, shard),
@@ -71,10 +77,12 @@ impl Reader {
             // after `last`: only a full batch can follow entries trimmed before being read.
             count: BATCH.min(maxlen.max(1)),
             fanout,
+            positioned,
             metrics,
             last: None,
             epoch: None,
-        }
+        };
+        (reader, placed)
     }
 
     /// Reads until `shutdown` is cancelled, reconnecting with capped, jittered backoff.
@@ -204,7 +212,7 @@ impl Reader {
         match self.last {
             None => {
                 self.last = Some(info.map(|i| i.last_generated).unwrap_or_default());
-                self.fanout.mark_positioned(shard);
+                self.positioned.send_replace(true);
             }
             Some(last) if new_epoch || info::went_back(info.as_ref(), last) => {
                 tracing::warn!(
@@ -235,20 +243,21 @@ impl Reader {
         self.last = Some(id);
         let lag_ms = (Utc::now().timestamp_millis() as u64).saturating_sub(id.ms);
         self.metrics.bus_read_lag.observe(lag_ms as f64 / 1000.0);
-        let follower = match entry::topic(item) {
-            Ok(topic) => self.fanout.follower(self.shard as usize, topic),
+        let shard = self.shard as usize;
+        let followed = match entry::topic(item) {
+            Ok(topic) => self.fanout.follows(shard, topic),
             Err(malformed) => {
                 tracing::warn!(key = self.key, id = item.id, %malformed, "skipping a malformed bus entry");
                 return;
             }
         };
         // Nobody here follows the topic: its payload is not even parsed.
-        let Some(follower) = follower else { return };
+        if !followed {
+            return;
+        }
         match entry::event(item) {
-            // No receiver left is fine: the last subscriber just went.
-            Ok(event) => {
-                let _ = follower.send(Live::Event(Arc::new(event)));
-            }
+            // Parsed outside the shard's lock; whoever follows the topic by now gets it.
+            Ok(event) => self.fanout.deliver(shard, &Arc::new(event)),
             Err(malformed) => {
                 tracing::warn!(key = self.key, id = item.id, %malformed, "skipping a malformed bus entry");
             }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use redis::aio::ConnectionLike;
 use redis::streams::StreamRangeReply;
 
-use super::fanout::GapCause;
 use super::{entry, info};
+use crate::bus::fanout::GapCause;
 use crate::bus::{Delivery, Event, EventId};
 use crate::metrics::Metrics;
 
