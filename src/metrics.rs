@@ -48,6 +48,8 @@ pub struct Metrics {
     pub bus_gaps: IntCounterVec,
     /// Failed Redis calls of the cluster state (connection slots, presence, control), by part.
     pub cluster_errors: IntCounterVec,
+    /// Redis entries left by instances that died, removed by the sweeper, by kind.
+    pub swept: IntCounterVec,
     /// Presence-log rows dropped because the queue was full or the database failed.
     pub presence_log_dropped: IntCounter,
     /// 1 when the last `/readyz` found every dependency reachable, else 0.
@@ -223,6 +225,12 @@ impl Metrics {
                 "cluster_errors_total",
                 "Failed Redis calls of the cluster state, by part",
                 &["part"],
+            ),
+            swept: counter_vec(
+                r,
+                "redis_swept_total",
+                "Redis entries left by instances that died, removed by the sweeper, by kind",
+                &["kind"],
             ),
             presence_log_dropped: counter(
                 r,

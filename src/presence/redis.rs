@@ -114,7 +114,7 @@ pub struct RedisStore {
     prefix: String,
     instance: String,
     pub ttl_us: i64,
-    metrics: Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl RedisStore {

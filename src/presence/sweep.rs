@@ -77,6 +77,11 @@ pub async fn run(
         for _ in 0..ROUNDS {
             match sweep(&store).await {
                 Ok((expired, more)) => {
+                    store
+                        .metrics
+                        .swept
+                        .with_label_values(&["presence_lease"])
+                        .inc_by(expired.len() as u64);
                     for (outcome, instance) in &expired {
                         let entry = &outcome.entry;
                         tracing::info!(

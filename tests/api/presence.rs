@@ -281,6 +281,8 @@ async fn a_killed_instance_is_forgotten_within_the_presence_ttl() {
             && *instance != a.state.instance.id),
         "the sweeper logged alice offline, on the killed instance: {rows:?}"
     );
+    a.assert_metrics(&["palisade_redis_swept_total{kind=\"presence_lease\"} 1"])
+        .await;
 }
 
 /// The presence log's (user, status, instance) rows, once there are at least `count`.
