@@ -217,20 +217,49 @@ async fn a_subscriber_on_one_instance_gets_events_published_on_another() {
     assert!(sample(&a, "palisade_bus_read_lag_seconds_count").await > 0.0);
 }
 
+const TOPIC_TICKER: &str = "system:ticker";
+const COUNT: u64 = 300;
+
+/// Two instances, a publisher on B and a client on A following the ticker topic, live.
+struct Ticker {
+    prefix: Keys,
+    a: TestApp,
+    b: TestApp,
+    publisher: Publisher,
+    client: WsClient,
+}
+
+impl Ticker {
+    async fn start() -> Self {
+        let prefix = unique_prefix();
+        let keys = Keys(prefix.clone());
+        let a = spawn_instance(&redis_url(), &prefix, roomy).await;
+        let b = spawn_instance(&redis_url(), &prefix, roomy).await;
+        let publisher = Publisher::on(&b);
+        let mut client = a.ws_acked("alice").await;
+        subscribe(&mut client, "1", TOPIC_TICKER, None).await;
+        until_live(&mut client, &publisher, TOPIC_TICKER).await;
+        Self {
+            prefix: keys,
+            a,
+            b,
+            publisher,
+            client,
+        }
+    }
+}
+
 #[tokio::test]
 async fn clients_resuming_on_another_instance_while_publishing_goes_on_see_each_event_once() {
-    const TOPIC: &str = "system:ticker";
-    const COUNT: u64 = 300;
-    let prefix = unique_prefix();
-    let _keys = Keys(prefix.clone());
-    let a = spawn_instance(&redis_url(), &prefix, roomy).await;
-    let b = spawn_instance(&redis_url(), &prefix, roomy).await;
-    let publisher = Publisher::on(&b);
-    let mut first = a.ws_acked("alice").await;
-    subscribe(&mut first, "1", TOPIC, None).await;
-    until_live(&mut first, &publisher, TOPIC).await;
+    let Ticker {
+        prefix: _keys,
+        a,
+        b,
+        publisher,
+        client: first,
+    } = Ticker::start().await;
 
-    let publishing = publish_sequence(&publisher, TOPIC, COUNT);
+    let publishing = publish_sequence(&publisher, TOPIC_TICKER, COUNT);
     let mut seen = Vec::new();
     let mut client = first;
     // Each client reads a stretch, goes away, and the next resumes on the other instance; every
@@ -244,7 +273,7 @@ async fn clients_resuming_on_another_instance_while_publishing_goes_on_see_each_
         }
         drop(client);
         client = app.ws_acked("alice").await;
-        subscribe(&mut client, "1", TOPIC, last_id.as_str()).await;
+        subscribe(&mut client, "1", TOPIC_TICKER, last_id.as_str()).await;
     }
     numbers_until(&mut client, COUNT - 1, &mut seen).await;
     publishing.await.unwrap();
@@ -253,22 +282,19 @@ async fn clients_resuming_on_another_instance_while_publishing_goes_on_see_each_
 
 #[tokio::test]
 async fn killing_the_reader_connections_mid_stream_loses_and_duplicates_nothing() {
-    const TOPIC: &str = "system:ticker";
-    const COUNT: u64 = 300;
-    let prefix = unique_prefix();
-    let _keys = Keys(prefix.clone());
-    let a = spawn_instance(&redis_url(), &prefix, roomy).await;
-    let b = spawn_instance(&redis_url(), &prefix, roomy).await;
-    let publisher = Publisher::on(&b);
-    let mut client = a.ws_acked("alice").await;
-    subscribe(&mut client, "1", TOPIC, None).await;
-    until_live(&mut client, &publisher, TOPIC).await;
+    let Ticker {
+        prefix,
+        a,
+        b: _b,
+        publisher,
+        mut client,
+    } = Ticker::start().await;
 
-    let publishing = publish_sequence(&publisher, TOPIC, COUNT);
+    let publishing = publish_sequence(&publisher, TOPIC_TICKER, COUNT);
     let mut seen = Vec::new();
     for kill_after in [60, 150] {
         numbers_until(&mut client, kill_after, &mut seen).await;
-        let killed = kill_readers(&prefix, &a.state.instance.id).await;
+        let killed = kill_readers(&prefix.0, &a.state.instance.id).await;
         assert_eq!(killed, 16, "one reader per shard");
     }
     numbers_until(&mut client, COUNT - 1, &mut seen).await;
