@@ -37,6 +37,27 @@ pub struct Entry {
     pub metadata: Value,
 }
 
+impl Entry {
+    /// A topic rule refused `action` on `topic`; `reason` says which rule and why.
+    pub fn topic_denied(
+        user_id: Option<String>,
+        connection_id: Option<String>,
+        ip: Option<String>,
+        topic: &str,
+        action: crate::topics::Action,
+        reason: String,
+    ) -> Self {
+        Self {
+            action: "unauthorized_topic_access",
+            severity: Severity::Warn,
+            user_id,
+            connection_id,
+            ip,
+            metadata: serde_json::json!({ "topic": topic, "action": action.as_str(), "reason": reason }),
+        }
+    }
+}
+
 /// An entry with the time it was recorded.
 struct Recorded(Entry, DateTime<Utc>);
 

@@ -115,14 +115,14 @@ pub async fn publish(
     .await
     .map_err(Error::Internal)?;
     if let Decision::Denied(reason) = decision {
-        state.audit.record(Entry {
-            action: "unauthorized_topic_access",
-            severity: Severity::Warn,
-            user_id: Some(API_KEY_USER.into()),
-            connection_id: None,
-            ip: Some(ip),
-            metadata: json!({ "topic": body.topic, "action": "publish", "reason": reason }),
-        });
+        state.audit.record(Entry::topic_denied(
+            Some(API_KEY_USER.into()),
+            None,
+            Some(ip),
+            &body.topic,
+            Action::Publish,
+            reason,
+        ));
         return Err(Error::Forbidden(
             "not allowed to publish on this topic".into(),
         ));

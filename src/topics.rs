@@ -17,7 +17,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Subscribe => "subscribe",
             Action::Publish => "publish",

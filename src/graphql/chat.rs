@@ -14,8 +14,8 @@ use serde_json::json;
 use uuid::Uuid;
 use validator::{Validate, ValidationError, ValidationErrors};
 
-use super::{Caller, authorize, presence};
-use crate::bus::{Bus, Delivery, EventId};
+use super::{Caller, authorize, follow};
+use crate::bus::{Bus, Delivery};
 use crate::config::LiveConfig;
 use crate::error::Error;
 use crate::topics::Action;
@@ -157,18 +157,7 @@ impl ChatSubscription {
         conversation_id: Uuid,
         after: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
-        let after = after
-            .map(|id| id.parse::<EventId>())
-            .transpose()
-            .map_err(|e| Error::BadUserInput(e).extend())?;
-        let topic = topic(conversation_id);
-        authorize(ctx, &topic, Action::Subscribe).await?;
-        let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
-        let deliveries = bus
-            .subscribe(topic.clone(), after)
-            .await
-            .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
-        let deliveries = presence::held(deliveries, presence::enter(ctx, &topic).await);
+        let deliveries = follow(ctx, &topic(conversation_id), after).await?;
         Ok(deliveries.filter_map(|delivery| async move {
             match delivery {
                 Delivery::Event(event) if event.kind == "message" => {

@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use async_graphql::{Context, ErrorExtensions, Schema};
 
-use crate::audit::{Audit, Entry, Severity};
+use crate::audit::{Audit, Entry};
 use crate::auth::{Authenticator, Identity};
-use crate::bus::Bus;
+use crate::bus::{Bus, Delivery, EventId};
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::error::Error;
@@ -77,14 +77,14 @@ pub async fn authorize(
     match decision.map_err(|e| Error::Internal(e).extend())? {
         Decision::Allowed { system } => Ok(system),
         Decision::Denied(reason) => {
-            ctx.data_unchecked::<Audit>().record(Entry {
-                action: "unauthorized_topic_access",
-                severity: Severity::Warn,
-                user_id: caller.identity.map(|i| i.user_id),
-                connection_id: caller.connection_id,
-                ip: caller.ip,
-                metadata: serde_json::json!({ "topic": topic, "action": format!("{action:?}").to_lowercase(), "reason": reason }),
-            });
+            ctx.data_unchecked::<Audit>().record(Entry::topic_denied(
+                caller.identity.map(|i| i.user_id),
+                caller.connection_id,
+                caller.ip,
+                topic,
+                action,
+                reason,
+            ));
             let verb = match action {
                 Action::Subscribe => "subscribe to",
                 Action::Publish => "publish on",
@@ -92,6 +92,30 @@ pub async fn authorize(
             Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
         }
     }
+}
+
+/// Subscribes the caller to `topic` after checking its `subscribe` grant: events after `after`
+/// (an event id) are replayed first, and the connection is present on the topic while the
+/// returned stream runs. Shared by every subscription that follows a topic.
+pub async fn follow(
+    ctx: &Context<'_>,
+    topic: &str,
+    after: Option<async_graphql::ID>,
+) -> async_graphql::Result<impl futures_util::Stream<Item = Delivery> + use<>> {
+    let after = after
+        .map(|id| id.parse::<EventId>())
+        .transpose()
+        .map_err(|e| Error::BadUserInput(e).extend())?;
+    authorize(ctx, topic, Action::Subscribe).await?;
+    let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
+    let deliveries = bus
+        .subscribe(topic.to_string(), after)
+        .await
+        .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+    Ok(presence::held(
+        deliveries,
+        presence::enter(ctx, topic).await,
+    ))
 }
 
 /// What resolvers reach through the schema data.

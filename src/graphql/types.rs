@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use super::presence::{self, PresenceEntry};
-use super::{Caller, Instance, authorize};
+use super::{Caller, Instance, authorize, follow};
 use crate::bus::{Bus, Delivery, Event as BusEvent, EventId};
 use crate::error::Error;
 use crate::topics::Action;
@@ -105,17 +105,7 @@ impl EventSubscription {
         topic: String,
         after: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = Event> + use<>> {
-        let after = after
-            .map(|id| id.parse::<EventId>())
-            .transpose()
-            .map_err(|e| Error::BadUserInput(e).extend())?;
-        authorize(ctx, &topic, Action::Subscribe).await?;
-        let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
-        let deliveries = bus
-            .subscribe(topic.clone(), after)
-            .await
-            .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
-        let deliveries = presence::held(deliveries, presence::enter(ctx, &topic).await);
+        let deliveries = follow(ctx, &topic, after).await?;
         Ok(deliveries.map(move |delivery| match delivery {
             Delivery::Event(event) => Event(event),
             Delivery::Gap { after } => Event(Arc::new(BusEvent {
