@@ -1,0 +1,1 @@
+//! Credentials: token lifetimes, refreshAuth, session re-checks and what claims reach the page.

@@ -1,0 +1,1 @@
+//! The operation budget and the per-operation limits: counting order, exemption, fragments.

@@ -1,0 +1,1 @@
+//! Topics, presence and replays: what a client can make the bus hold or do.

@@ -1,0 +1,1 @@
+//! Configuration that must be refused, and reloads that must not widen access.

@@ -1,0 +1,1 @@
+//! The WebSocket transport: queued bytes, pings, close reasons, message types, nesting.
