@@ -28,7 +28,7 @@ pub struct Metrics {
     pub rate_limit_violations: IntCounter,
     /// Operations refused by a payload limit, by limit code.
     pub payload_rejections: IntCounterVec,
-    /// hardening.yaml reloads by result (ok, error).
+    /// hardening.yaml reloads by result: ok, or rejected (invalid, empty, or missing a running section).
     pub config_reloads: IntCounterVec,
     /// Rows deleted by the retention job, by table.
     pub retention_deleted: IntCounterVec,

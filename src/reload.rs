@@ -1,16 +1,26 @@
-//! Hot reload of hardening.yaml: on SIGHUP, or when the file changes (polled, debounced), the file
-//! is validated exactly as `check-config` does and, if valid, stored in the live configuration in
-//! one step. Operation budgets, the per-operation payload limits, the content policy and the topic
-//! rules read that handle on every operation, so they change on open connections; every other
-//! changed key is reported as needing a restart.
-//! An invalid file keeps the running configuration. Both outcomes are counted.
+//! Hot reload of hardening.yaml: on SIGHUP, or when the file changes (polled). The file is read
+//! once it has settled, validated exactly as `check-config` does, and, if valid, stored in the
+//! live configuration in one step.
+//!
+//! What a reload applies is what [`changes::Changes`] logs: operation budgets, the per-operation
+//! payload limits, the content policy and the topic rules at the next operation on open
+//! connections; `retention` at the next scheduled cleanup (never within the reload itself); every
+//! other changed key only after a restart.
+//!
+//! A reload never widens access by accident: a file that is empty, or lacks a top-level section
+//! the running file has (an editor or a copy caught halfway), is refused like an invalid one, and
+//! the running configuration stays. Text identical to what was last handled is not reloaded
+//! again, so one save followed by a SIGHUP is one reload. Both outcomes are counted.
 
+mod changes;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum_server::tls_rustls::RustlsConfig;
-use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
@@ -18,29 +28,17 @@ use crate::auth::secret::HmacSecret;
 use crate::config::{Config, LiveConfig, Tls};
 use crate::metrics::Metrics;
 
-/// How often the file's modification time is looked at.
+/// How often the file's modification time is looked at, and how long its text must stay the same
+/// before it is read as finished.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Key paths (and their children) read from the live configuration at each operation; a change
-/// anywhere else needs a restart.
-const LIVE_KEYS: [&str; 11] = [
-    "operations.rate_limit",
-    "payload.max_query_bytes",
-    "payload.max_tokens",
-    "payload.max_depth",
-    "payload.max_complexity",
-    "payload.max_aliases",
-    "payload.max_root_fields",
-    "payload.max_directives",
-    "payload.max_input_nesting",
-    "payload.content",
-    "topics",
-];
+/// Most rounds of waiting for a file that keeps changing; then the latest text is taken.
+const SETTLE_ROUNDS: usize = 10;
 
-/// Reads and validates a configuration file as `check-config` does: the YAML rules and the key
-/// files it names. The error text names the file, line, column and key path.
-pub fn load_checked(path: &Path) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+/// Validates configuration text as `check-config` does: the YAML rules and the key files it
+/// names. The error text names the file, line, column and key path.
+pub fn checked(text: &str, path: &Path) -> Result<Config, String> {
+    let config = Config::from_yaml(text, &path.display().to_string()).map_err(|e| e.to_string())?;
     // The secret is irrelevant to whether the key files load.
     let no_secret = HmacSecret {
         bytes: Vec::new(),
@@ -51,64 +49,128 @@ pub fn load_checked(path: &Path) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Dotted paths of the leaves that differ between two configurations.
-fn changed_keys(old: &Value, new: &Value, prefix: &str, out: &mut Vec<String>) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                changed_keys(
-                    a.get(key).unwrap_or(&Value::Null),
-                    b.get(key).unwrap_or(&Value::Null),
-                    &path,
-                    out,
-                );
-            }
+/// Reads and validates a configuration file as `check-config` does.
+pub fn load_checked(path: &Path) -> Result<Config, String> {
+    checked(&read(path)?, path)
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))
+}
+
+/// Top-level sections written in configuration text; `None` when the text holds no mapping at all
+/// (empty, only comments, or `{}`).
+fn sections(text: &str) -> Option<BTreeSet<String>> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    let keys: BTreeSet<String> = value
+        .as_mapping()?
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// What the watcher last handled: the text of the file (applied or refused), its modification
+/// time, and the sections of the file the running configuration came from.
+pub struct Baseline {
+    text: Option<String>,
+    modified: Option<SystemTime>,
+    sections: BTreeSet<String>,
+}
+
+impl Baseline {
+    /// The file as the running configuration was loaded from it, so that an edit made before the
+    /// watcher starts is still noticed.
+    pub fn read(path: &Path) -> Self {
+        let modified = modified(path);
+        let text = std::fs::read_to_string(path).ok();
+        let sections = text.as_deref().and_then(sections).unwrap_or_default();
+        Self {
+            text,
+            modified,
+            sections,
         }
-        (a, b) if a != b => out.push(prefix.to_string()),
-        _ => {}
     }
 }
 
-/// The changed keys that only a restart applies.
-pub fn needing_restart(old: &Config, new: &Config) -> Vec<String> {
-    let (Ok(old), Ok(new)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
-        return Vec::new();
+/// Why `text` must not replace the running configuration, or the configuration it holds.
+fn admit(text: &str, path: &Path, running: &BTreeSet<String>) -> Result<Config, String> {
+    let Some(written) = sections(text) else {
+        // The same text at startup means "all defaults": on a live server that would silently
+        // drop every rule the running file sets, which is how a truncated save widens access.
+        return Err(format!(
+            "{}: the file is empty; a reload never falls back to the built-in defaults (restart to run on them)",
+            path.display()
+        ));
     };
-    let mut changed = Vec::new();
-    changed_keys(&old, &new, "", &mut changed);
-    changed.retain(|key| {
-        !LIVE_KEYS
-            .iter()
-            .any(|live| key == live || key.starts_with(&format!("{live}.")))
-    });
-    changed
+    let config = checked(text, path)?;
+    let missing: Vec<&String> = running.difference(&written).collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{}: the running configuration's section(s) {missing:?} are missing (a half-written file?); restart to remove a section",
+            path.display()
+        ));
+    }
+    Ok(config)
 }
 
-/// Applies `path` to `live` if it is valid; returns whether it was applied.
-pub fn reload(path: &Path, live: &LiveConfig, metrics: &Metrics) -> bool {
-    match load_checked(path) {
+/// Handles the file's current text: applies it when it is new and admissible. `reloaded` is told
+/// of every applied configuration (the retention job reschedules on it).
+fn reload(
+    path: &Path,
+    text: Result<String, String>,
+    baseline: &mut Baseline,
+    live: &LiveConfig,
+    metrics: &Metrics,
+    reloaded: &watch::Sender<()>,
+) {
+    if let Ok(text) = &text
+        && baseline.text.as_ref() == Some(text)
+    {
+        tracing::info!(path = %path.display(), "configuration file unchanged; nothing to reload");
+        return;
+    }
+    let admitted = text.and_then(|text| {
+        let config = admit(&text, path, &baseline.sections);
+        baseline.text = Some(text);
+        config
+    });
+    match admitted {
         Ok(new) => {
-            let restart = needing_restart(&live.load(), &new);
+            let changes = changes::Changes::between(&live.load(), &new);
             live.store(Arc::new(new));
+            baseline.sections = baseline
+                .text
+                .as_deref()
+                .and_then(sections)
+                .unwrap_or_default();
             metrics.config_reloads.with_label_values(&["ok"]).inc();
-            if restart.is_empty() {
-                tracing::info!(path = %path.display(), "configuration reloaded");
-            } else {
-                tracing::warn!(path = %path.display(), needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
-            }
-            true
+            changes.log(path);
+            reloaded.send_replace(());
         }
-        Err(error) => {
-            metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(path = %path.display(), %error, "configuration reload refused; the running configuration stays");
-            false
+        Err(reason) => {
+            metrics
+                .config_reloads
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::error!(path = %path.display(), %reason, "configuration reload refused; the running configuration stays");
         }
     }
+}
+
+/// The file's text once two reads `POLL` apart agree: editors and copies write in steps.
+async fn settled(path: &Path) -> Result<String, String> {
+    let mut text = read(path);
+    for _ in 0..SETTLE_ROUNDS {
+        tokio::time::sleep(POLL).await;
+        let again = read(path);
+        if again == text {
+            break;
+        }
+        text = again;
+    }
+    text
 }
 
 /// Re-reads the TLS certificate and key (SIGHUP after a renewal); new connections use them, and
@@ -122,42 +184,53 @@ async fn reload_certificate(config: &RustlsConfig, files: &Tls) {
     }
 }
 
-/// The file's modification time, the baseline `watch` compares against. Taken when the running
-/// configuration is loaded, so an edit made before the watcher starts is still noticed.
-pub fn modified(path: &Path) -> Option<SystemTime> {
+fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Reloads on SIGHUP and when the file's modification time moves from `seen`, until `shutdown`.
+/// What the watcher needs besides the file.
+pub struct Targets {
+    pub live: LiveConfig,
+    pub tls: Option<(RustlsConfig, Tls)>,
+    pub metrics: Arc<Metrics>,
+    pub reloaded: watch::Sender<()>,
+}
+
+/// Reloads on SIGHUP and when the file's modification time moves, until `shutdown`.
 pub async fn watch(
     path: PathBuf,
-    mut seen: Option<SystemTime>,
-    live: LiveConfig,
-    tls: Option<(RustlsConfig, Tls)>,
-    metrics: Arc<Metrics>,
+    mut baseline: Baseline,
+    targets: Targets,
     shutdown: CancellationToken,
 ) {
     let mut hangup = hangup_signals();
     let mut poll = tokio::time::interval(POLL);
+    // One branch per trigger; both end in the same `reload`, which drops a repeat of the text it
+    // last handled, so a save noticed by the poll and then signalled reloads once.
     loop {
-        tokio::select! {
+        let signalled = tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(()) = next_hangup(&mut hangup) => {
-                reload(&path, &live, &metrics);
-                if let Some((config, files)) = &tls {
-                    reload_certificate(config, files).await;
-                }
-                seen = modified(&path);
-            }
+            Some(()) = next_hangup(&mut hangup) => true,
             _ = poll.tick() => {
-                let now = modified(&path);
-                if now != seen {
-                    // Debounce: editors write in several steps; wait until the file settles.
-                    tokio::time::sleep(POLL).await;
-                    seen = modified(&path);
-                    reload(&path, &live, &metrics);
+                if modified(&path) == baseline.modified {
+                    continue;
                 }
+                false
             }
+        };
+        // The time is taken before the read, so a write landing during it is seen next poll.
+        baseline.modified = modified(&path);
+        let text = settled(&path).await;
+        reload(
+            &path,
+            text,
+            &mut baseline,
+            &targets.live,
+            &targets.metrics,
+            &targets.reloaded,
+        );
+        if signalled && let Some((config, files)) = &targets.tls {
+            reload_certificate(config, files).await;
         }
     }
 }
@@ -189,18 +262,27 @@ async fn next_hangup(_: &mut Option<()>) -> Option<()> {
 mod tests {
     use super::*;
 
+    fn running(text: &str) -> BTreeSet<String> {
+        sections(text).unwrap()
+    }
+
     #[test]
-    fn only_changes_outside_the_live_keys_need_a_restart() {
-        let old = Config::default();
-        let mut new = old.clone();
-        new.operations.rate_limit.limit = 5;
-        new.payload.max_depth = 3;
-        assert!(needing_restart(&old, &new).is_empty());
-        new.server.listen = "127.0.0.1:9999".parse().unwrap();
-        new.connections.max_per_user = 2;
-        assert_eq!(
-            needing_restart(&old, &new),
-            ["server.listen", "connections.max_per_user"]
-        );
+    fn an_empty_or_comment_only_file_is_refused_rather_than_read_as_the_defaults() {
+        let path = Path::new("hardening.yaml");
+        let was = running("topics:\n  rules: []\n");
+        for text in ["", "\n  \n", "# being edited\n", "{}\n"] {
+            let error = admit(text, path, &was).unwrap_err();
+            assert!(error.contains("the file is empty"), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_file_missing_a_running_section_is_refused_and_names_it() {
+        let path = Path::new("hardening.yaml");
+        let was = running("operations:\n  rate_limit:\n    limit: 5\ntopics:\n  rules: []\n");
+        let error = admit("operations:\n  rate_limit:\n    limit: 6\n", path, &was).unwrap_err();
+        assert!(error.contains("[\"topics\"]"), "{error}");
+        let more = "operations:\n  rate_limit:\n    limit: 6\ntopics:\n  rules: []\npayload:\n  max_depth: 5\n";
+        assert_eq!(admit(more, path, &was).unwrap().payload.max_depth, 5);
     }
 }

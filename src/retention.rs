@@ -1,10 +1,13 @@
 //! Retention: every `retention.cleanup_every`, rows older than their table's retention are
 //! deleted, in batches so that a large table is never locked for long. Each run logs and counts
-//! what it removed (`palisade_retention_deleted_total{table}`).
+//! what it removed (`palisade_retention_deleted_total{table}`). A reload that changes retention
+//! takes effect at the next scheduled cleanup, never within the reload.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{LiveConfig, Retention};
@@ -51,8 +54,12 @@ pub async fn run_once(
     metrics: &Metrics,
 ) -> anyhow::Result<Vec<(&'static str, u64)>> {
     let now = Utc::now();
+    // A retention longer than the calendar reaches back keeps everything, rather than overflowing.
     let cutoff = |age: std::time::Duration| {
-        now - chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX)
+        chrono::TimeDelta::from_std(age)
+            .ok()
+            .and_then(|age| now.checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
     };
     // A connection's row ages from when it ended; one never closed (its instance died) from
     // when it opened.
@@ -78,26 +85,53 @@ pub async fn run_once(
     Ok(removed)
 }
 
-/// Runs `run_once` every `cleanup_every` (read from the live configuration each time) until
-/// `shutdown`. A failed pass is logged and retried at the next tick.
+/// The next reload, or never once no reload can come (the server runs without a file).
+async fn next_reload(reloaded: &mut Option<watch::Receiver<()>>) {
+    if let Some(receiver) = reloaded {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        *reloaded = None;
+    }
+    std::future::pending().await
+}
+
+/// Runs `run_once` every `retention.cleanup_every` until `shutdown`. A reload never runs a
+/// cleanup: changed retention ages apply at the next scheduled one, and a changed `cleanup_every`
+/// starts its interval from the reload. A failed pass is logged and retried at the next tick.
 pub async fn run(
     db: Database,
     live: LiveConfig,
+    reloaded: watch::Receiver<()>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let mut reloaded = Some(reloaded);
+    let mut current = live.load().retention.clone();
+    let mut next = Instant::now() + current.cleanup_every.get();
     loop {
-        let every = live.load().retention.cleanup_every.get();
-        if shutdown
-            .run_until_cancelled(tokio::time::sleep(every))
-            .await
-            .is_none()
-        {
-            return;
+        // Three wake-ups: shutdown ends the job, a reload only reschedules, the timer cleans up.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = next_reload(&mut reloaded) => {
+                let new = live.load().retention.clone();
+                if new != current {
+                    if new.cleanup_every != current.cleanup_every {
+                        next = Instant::now() + new.cleanup_every.get();
+                    }
+                    current = new;
+                    tracing::info!(
+                        next_cleanup_in = ?next.saturating_duration_since(Instant::now()),
+                        "retention changed by a reload; it applies at the next scheduled cleanup"
+                    );
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(next) => {}
         }
-        let retention = live.load().retention.clone();
-        if let Err(error) = run_once(&db, &retention, &metrics).await {
+        if let Err(error) = run_once(&db, &current, &metrics).await {
             tracing::warn!(error = format!("{error:#}"), "retention cleanup failed");
         }
+        next = Instant::now() + current.cleanup_every.get();
     }
 }

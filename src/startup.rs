@@ -87,15 +87,14 @@ pub struct Application {
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     state: AppState,
-    /// The file reloads read, and its modification time when loaded; `None` when running on
-    /// built-in defaults.
-    config_file: Option<(PathBuf, Option<std::time::SystemTime>)>,
+    /// The file reloads read, as it was when loaded; `None` when running on built-in defaults.
+    config_file: Option<(PathBuf, reload::Baseline)>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let config_file = settings.config_path.map(|path| {
-            let loaded = reload::modified(&path);
+            let loaded = reload::Baseline::read(&path);
             (path, loaded)
         });
         let config = Arc::new(settings.config);
@@ -236,22 +235,22 @@ impl Application {
         } = self;
         // Background tasks, each ending when shutdown is cancelled: the reload watcher (only with a
         // file to watch), the retention job, and the registry's (orders from other instances,
-        // lease renewals).
+        // lease renewals). The watcher tells the retention job of each applied reload, so that
+        // it reschedules instead of deleting within the reload.
+        let (reloaded, on_reload) = tokio::sync::watch::channel(());
         if let Some((path, loaded)) = config_file {
-            let tls = state.tls.clone().zip(state.config.server.tls.clone());
-            let task = reload::watch(
-                path,
-                loaded,
-                state.live.clone(),
-                tls,
-                state.metrics.clone(),
-                state.shutdown.clone(),
-            );
-            tokio::spawn(task);
+            let targets = reload::Targets {
+                live: state.live.clone(),
+                tls: state.tls.clone().zip(state.config.server.tls.clone()),
+                metrics: state.metrics.clone(),
+                reloaded,
+            };
+            tokio::spawn(reload::watch(path, loaded, targets, state.shutdown.clone()));
         }
         tokio::spawn(retention::run(
             state.db.clone(),
             state.live.clone(),
+            on_reload,
             state.metrics.clone(),
             state.shutdown.clone(),
         ));

@@ -140,15 +140,15 @@ pub struct Streams {
     /// How long the Redis entries of a connection outlive an instance that stopped refreshing
     /// them (it crashed or lost Redis): its presence entries and connection-limit slots are
     /// forgotten, and `leave` events sent, within this time. Instances refresh their entries every
-    /// third of it. Default `30s`, at least `3s`. Read at startup.
-    #[validate(custom(function = "super::checks::at_least_3s"))]
+    /// third of it, so it is at least `3s`. Default `30s`. Read at startup.
+    #[validate(range(min = Duration::secs(3), max = Duration::hours(1)))]
     pub presence_ttl: Duration,
     /// Events kept per stream (approximate trimming). Default `10000`.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub maxlen: u32,
     /// Most events replayed to a subscriber resuming with `after`. Default `1000`; when more were
     /// missed, the subscriber gets a `GAP` event first.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 100_000))]
     pub replay_limit: u32,
 }
 
@@ -164,17 +164,22 @@ impl Default for Streams {
     }
 }
 
-/// How long log rows are kept.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+/// How long log rows are kept. A reload applies changes here at the next scheduled cleanup (a
+/// changed `cleanup_every` counts from the reload); no rows are deleted by the reload itself.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// Age after which connection-log rows are deleted. Default `7d`.
+    #[validate(range(min = Duration::hours(1), max = Duration::days(36_500)))]
     pub connection_logs: Duration,
     /// Age after which presence-log rows are deleted. Default `30d`.
+    #[validate(range(min = Duration::hours(1), max = Duration::days(36_500)))]
     pub presence_logs: Duration,
     /// Age after which audit rows are deleted. Default `90d`.
+    #[validate(range(min = Duration::hours(1), max = Duration::days(36_500)))]
     pub audit_logs: Duration,
     /// How often the cleanup job runs. Default `1h`.
+    #[validate(range(min = Duration::secs(1), max = Duration::days(7)))]
     pub cleanup_every: Duration,
 }
 

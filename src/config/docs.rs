@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::Config;
+use super::units::{ByteSize, Duration};
 
 pub const BEGIN_MARKER: &str =
     "<!-- BEGIN hardening.yaml reference (generated: palisade config-docs) -->";
@@ -23,7 +24,7 @@ pub fn markdown() -> String {
             "#### `{section}`\n\n{}\n\n",
             text(property, &defs)
         ));
-        out.push_str("| key | default | meaning |\n|---|---|---|\n");
+        out.push_str("| key | default | range | meaning |\n|---|---|---|---|\n");
         if let Some(target) = resolve(property, &defs) {
             rows(target, &defs, section, &mut out);
         }
@@ -39,8 +40,9 @@ fn rows(schema: &Value, defs: &Map<String, Value>, prefix: &str, out: &mut Strin
         match resolve(property, defs) {
             Some(target) if target.get("properties").is_some() => rows(target, defs, &path, out),
             _ => out.push_str(&format!(
-                "| `{path}` | {} | {} |\n",
+                "| `{path}` | {} | {} | {} |\n",
                 default_of(property),
+                range_of(property),
                 text(property, defs).replace('|', "\\|")
             )),
         }
@@ -70,6 +72,39 @@ fn text(property: &Value, defs: &Map<String, Value>) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The bounds a validator enforces, in the unit the key is written in (`1s – 10m`, `1 – 64`).
+fn range_of(property: &Value) -> String {
+    let bound = |key: &str| {
+        let value = property.get(key)?;
+        Some(
+            match (
+                property.get("format").and_then(Value::as_str),
+                value.as_u64(),
+            ) {
+                (Some("duration"), Some(secs)) => Duration::secs(secs).to_string(),
+                (Some("byte-size"), Some(bytes)) => ByteSize(bytes).to_string(),
+                _ => value.to_string(),
+            },
+        )
+    };
+    // Nothing here can be negative, so a lower bound of zero goes without saying.
+    let low = bound("minimum")
+        .filter(|_| property.get("minimum").and_then(Value::as_u64) != Some(0))
+        .map(|v| format!("{v} ≤"))
+        .or_else(|| bound("exclusiveMinimum").map(|v| format!("{v} <")));
+    let high = bound("maximum")
+        .map(|v| format!("≤ {v}"))
+        .or_else(|| bound("exclusiveMaximum").map(|v| format!("< {v}")));
+    match (low, high) {
+        (None, None) => "—".into(),
+        (low, high) => [low, Some("x".into()), high]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 fn default_of(property: &Value) -> String {

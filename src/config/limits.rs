@@ -13,31 +13,33 @@ use super::units::{ByteSize, Duration};
 #[serde(default, deny_unknown_fields)]
 pub struct Connections {
     /// Open connections one user may hold. Default `5`; one more triggers `on_user_limit`.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 10_000))]
     pub max_per_user: u32,
     /// What happens when a user opens connection `max_per_user + 1`. Default `close_oldest`.
     pub on_user_limit: OnUserLimit,
     /// Open connections from one client IP. Default `100`; the next upgrade gets HTTP 429.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub max_per_ip: u32,
     /// New connections one user may open per minute. Default `5`; more are refused with a
     /// retryable close.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 10_000))]
     pub reconnects_per_minute: u32,
     /// Upgrade requests one client IP may make per minute. Default `120`; more get HTTP 429.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 100_000))]
     pub connects_per_minute_per_ip: u32,
     /// How often the server pings each connection (WebSocket ping frame). Default `25s`.
+    #[validate(range(min = Duration::secs(1), max = Duration::mins(10)))]
     pub ping_interval: Duration,
     /// How long a ping may go unanswered. Default `20s`; then the connection is closed with 4504.
+    #[validate(range(min = Duration::secs(1), max = Duration::mins(10)))]
     pub pong_timeout: Duration,
     /// Operations one connection may run at once. Default `100`; the next `subscribe` gets an
     /// `error` message with code `MAX_OPERATIONS_LIMIT` and the connection stays open.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 10_000))]
     pub max_operations: u32,
     /// Outgoing messages queued for one connection. Default `1024`; a client that lets the queue
     /// fill is closed with 4503 (slow consumer), so it never slows anyone else.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 65_536))]
     pub send_queue: u32,
 }
 
@@ -104,13 +106,15 @@ impl Default for Operations {
 pub struct RateLimit {
     /// Operations allowed per `window`. Default `100`; operation `limit + 1` is refused with
     /// `RATE_LIMITED`.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub limit: u32,
     /// The window the budget refills over. Default `60s`.
+    #[validate(range(min = Duration::secs(1), max = Duration::days(1)))]
     pub window: Duration,
     /// Fraction of `limit` at which the client gets a `rateLimitWarning`. Default `0.8`; must be
     /// strictly between 0 and 1.
     #[validate(range(exclusive_min = 0.0, exclusive_max = 1.0))]
+    #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
     pub warn_at: f64,
     /// What happens past the limit. Default `disconnect`.
     pub on_exceed: OnExceed,
@@ -145,9 +149,10 @@ pub enum OnExceed {
 #[serde(deny_unknown_fields)]
 pub struct OperationLimit {
     /// Calls allowed per `window`; the next is refused with `RATE_LIMITED`.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub limit: u32,
     /// The window the budget refills over.
+    #[validate(range(min = Duration::secs(1), max = Duration::days(1)))]
     pub window: Duration,
     /// Who shares the budget. Default `user`.
     #[serde(default)]
@@ -170,10 +175,10 @@ pub enum LimitScope {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpLimit {
     /// Sustained requests per second per client IP. Default `20`; more get HTTP 429.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 100_000))]
     pub per_ip_per_second: u32,
     /// Requests one IP may make in a burst above the sustained rate. Default `100`.
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub burst: u32,
 }
 
@@ -191,26 +196,30 @@ impl Default for HttpLimit {
 #[serde(default, deny_unknown_fields)]
 pub struct Payload {
     /// Largest WebSocket message (and frame) accepted. Default `64KiB`; a larger one closes the
-    /// connection with 1009.
+    /// connection with 1009. At least `1KiB`, or no client could even send `connection_init`.
+    #[validate(range(min = ByteSize::kib(1), max = ByteSize::mib(16)))]
     pub max_message_bytes: ByteSize,
     /// Largest query document. Default `16KiB`; a larger one is refused with `PAYLOAD_TOO_LARGE`.
+    #[validate(range(min = ByteSize(1), max = ByteSize::mib(16)))]
     pub max_query_bytes: ByteSize,
     /// Most lexical tokens in a query document. Default `2000` (`MAX_TOKENS_LIMIT`).
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub max_tokens: u32,
     /// Deepest selection nesting. Default `10` (`MAX_DEPTH_LIMIT`).
     #[validate(range(min = 1, max = 64))]
     pub max_depth: u32,
     /// Highest complexity score (one per field, multiplied by list sizes). Default `1000`
     /// (`MAX_COMPLEXITY_LIMIT`).
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 1_000_000))]
     pub max_complexity: u32,
     /// Most aliases in one operation. Default `15` (`MAX_ALIASES_LIMIT`).
+    #[validate(range(max = 10_000))]
     pub max_aliases: u32,
     /// Most root fields in one operation. Default `20` (`MAX_ROOT_FIELDS_LIMIT`).
-    #[validate(range(min = 1))]
+    #[validate(range(min = 1, max = 10_000))]
     pub max_root_fields: u32,
     /// Most directives in one operation. Default `50` (`MAX_DIRECTIVES_LIMIT`).
+    #[validate(range(max = 10_000))]
     pub max_directives: u32,
     /// Deepest nesting of list and object values in arguments and variables. Default `32`
     /// (`MAX_INPUT_NESTING_LIMIT`).

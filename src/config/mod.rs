@@ -237,7 +237,13 @@ fn describe(error: &validator::ValidationError) -> String {
     if let Some(message) = &error.message {
         return message.to_string();
     }
-    let param = |name: &str| error.params.get(name).map(|v| v.to_string());
+    // Durations and sizes are strings in the parameters; they read best unquoted (`at most 1h`).
+    let param = |name: &str| {
+        error.params.get(name).map(|v| match v {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+    };
     let bounds = [
         ("min", "at least"),
         ("max", "at most"),

@@ -17,8 +17,10 @@ pub struct Server {
     /// Changing it needs a restart.
     pub listen: SocketAddr,
     /// Path of the GraphQL endpoint: `POST`/`GET` queries, the WebSocket upgrade, and GraphiQL for
-    /// browsers. Default `/graphql`.
-    #[validate(custom(function = "super::checks::absolute_path"))]
+    /// browsers. Default `/graphql`. Plain segments only (letters, digits, `-._~`; no `{…}`, `:…`
+    /// or `*…` parameters), and not under the server's own `/metrics`, `/healthz`, `/readyz`,
+    /// `/graphiql`, `/admin` or `/api`.
+    #[validate(custom(function = "super::checks::graphql_path"))]
     pub graphql_path: String,
     /// Separate listener for `/metrics`, `/healthz` and `/readyz`, so they can stay off the public
     /// port. Unset (the default): they are served on `listen`.
@@ -26,6 +28,7 @@ pub struct Server {
     /// How long a shutdown (SIGTERM, ctrl-c) waits for in-flight HTTP requests and for WebSocket
     /// close frames and connection-log rows to be written. Default `30s`; whatever is still running
     /// after it is dropped.
+    #[validate(range(max = Duration::mins(10)))]
     pub shutdown_grace: Duration,
     /// Reverse proxies (addresses like `10.0.0.5` or networks like `10.0.0.0/8`) whose
     /// `X-Forwarded-For` hops are believed. Default `[]`: the client IP is always the socket's peer,
@@ -98,6 +101,7 @@ pub struct Auth {
     pub required: bool,
     /// How long a client has, after the upgrade, to send `connection_init`. Default `10s`; a client
     /// that is later is closed with 4408.
+    #[validate(range(min = Duration::secs(1), max = Duration::mins(5)))]
     pub connection_init_timeout: Duration,
     /// Origins allowed to open a WebSocket (exact match). Unset (the default): the same list as
     /// `server.cors.allowed_origins`. An upgrade from another origin gets HTTP 403 before the
@@ -171,10 +175,12 @@ pub struct Jwt {
     /// Required `aud` claim. Unset (the default): not checked.
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`. Default `30s`.
+    #[validate(range(max = Duration::mins(10)))]
     pub leeway: Duration,
     /// How long before `exp` a live connection is told its token is expiring (a `TOKEN_EXPIRING`
     /// notice). Default `60s`. Without a `refreshAuth`, the connection is closed with 4403 at
     /// `exp` + `leeway`.
+    #[validate(range(max = Duration::hours(1)))]
     pub expiry_warning: Duration,
     /// Whether a WebSocket may pass its token as the `access_token` query parameter. Default
     /// `false`: URLs end up in proxy and access logs.
@@ -216,9 +222,11 @@ pub struct Session {
     pub user_pointer: String,
     /// How often a live connection's session is re-checked. Default `5m`; a session found deleted or
     /// expired closes the connection with 4403.
+    #[validate(range(min = Duration::secs(1), max = Duration::days(1)))]
     pub revalidate_every: Duration,
     /// A live session closer than this to its expiry is extended by its original lifetime.
     /// Default `5m`.
+    #[validate(range(max = Duration::days(30)))]
     pub refresh_within: Duration,
 }
 

@@ -19,6 +19,18 @@ impl Duration {
         Self(std::time::Duration::from_secs(secs))
     }
 
+    pub const fn mins(mins: u64) -> Self {
+        Self::secs(mins * 60)
+    }
+
+    pub const fn hours(hours: u64) -> Self {
+        Self::secs(hours * 3600)
+    }
+
+    pub const fn days(days: u64) -> Self {
+        Self::secs(days * 86_400)
+    }
+
     pub const fn get(self) -> std::time::Duration {
         self.0
     }
@@ -63,6 +75,10 @@ impl ByteSize {
         Self(n * 1024)
     }
 
+    pub const fn mib(n: u64) -> Self {
+        Self(n << 20)
+    }
+
     pub fn bytes(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }
@@ -91,7 +107,27 @@ impl FromStr for ByteSize {
 }
 
 macro_rules! text_unit {
-    ($ty:ty, $name:literal, $pattern:literal, $example:literal) => {
+    ($ty:ty, $name:literal, $format:literal, $pattern:literal, $example:literal, $number:expr) => {
+        // `#[validate(range(min = …, max = …))]` works on it as on a number.
+        impl validator::ValidateRange<$ty> for $ty {
+            fn greater_than(&self, max: $ty) -> Option<bool> {
+                Some(*self > max)
+            }
+
+            fn less_than(&self, min: $ty) -> Option<bool> {
+                Some(*self < min)
+            }
+        }
+
+        /// A bound in the JSON Schema is the bare-number form of the unit (seconds, bytes): the
+        /// `minimum`/`maximum` a validator applies to a value written as a number.
+        impl From<$ty> for serde_json::Value {
+            fn from(value: $ty) -> Self {
+                let number: fn($ty) -> u64 = $number;
+                number(value).into()
+            }
+        }
+
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
@@ -126,9 +162,16 @@ macro_rules! text_unit {
                 Cow::Borrowed($name)
             }
 
+            // Inline, so that each field's range lands next to its type.
+            fn inline_schema() -> bool {
+                true
+            }
+
             fn json_schema(_: &mut SchemaGenerator) -> Schema {
                 json_schema!({
                     "type": ["string", "integer"],
+                    "format": $format,
+                    "minimum": 0,
                     "pattern": $pattern,
                     "examples": [$example],
                 })
@@ -137,12 +180,21 @@ macro_rules! text_unit {
     };
 }
 
-text_unit!(Duration, "Duration", r"^\s*(\d+\s*[a-zµ]+\s*)+$", "30s");
+text_unit!(
+    Duration,
+    "Duration",
+    "duration",
+    r"^\s*(\d+\s*[a-zµ]+\s*)+$",
+    "30s",
+    |d| d.0.as_secs()
+);
 text_unit!(
     ByteSize,
     "ByteSize",
+    "byte-size",
     r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$",
-    "64KiB"
+    "64KiB",
+    |b| b.0
 );
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ async fn an_invalid_file_keeps_the_running_configuration_and_counts_a_failure() 
     std::fs::write(&path, BEFORE).unwrap();
     let app = spawn_app_from_file(&path).await;
     std::fs::write(&path, BROKEN).unwrap();
-    until_metric(&app, "palisade_config_reloads_total{result=\"error\"} 1").await;
+    until_metric(&app, "palisade_config_reloads_total{result=\"rejected\"} 1").await;
     assert_eq!(app.state.live.load().operations.rate_limit.limit, 100);
     let mut client = app.ws_acked("alice").await;
     assert_eq!(
