@@ -163,8 +163,11 @@ pub struct Jwt {
     /// any other algorithm is refused (close 4403).
     #[validate(length(min = 1), custom(function = "super::checks::algorithms"))]
     pub algorithms: Vec<String>,
-    /// Name of the environment variable holding the HMAC secret. Default `PALISADE_JWT_SECRET`. When
-    /// it is unset, a development-only secret is generated and kept in `.palisade/dev-secret`.
+    /// Name of the environment variable holding the HMAC secret. Default `PALISADE_JWT_SECRET`. A
+    /// value that is blank or shorter than 32 bytes is refused at startup. When it is unset, a
+    /// development-only secret is generated and kept in `.palisade/dev-secret` (mode 600); an
+    /// existing one is refused at startup when others may read it, it is not a regular file (a
+    /// symlink, say), or it holds fewer than 32 bytes.
     pub secret_env: String,
     /// PEM file with a public key (RS256, ES256, EdDSA). Unset by default.
     pub public_key_file: Option<PathBuf>,

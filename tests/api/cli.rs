@@ -4,7 +4,7 @@ fn palisade(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(args)
         .env_remove("PALISADE_CONFIG")
-        .env("PALISADE_JWT_SECRET", "cli-test-secret")
+        .env("PALISADE_JWT_SECRET", "cli-test-secret-of-32-bytes-or-more")
         .output()
         .expect("the binary runs");
     (
@@ -129,7 +129,7 @@ fn token_mints_a_jwt_with_the_given_subject_claims_and_ttl() {
     ]);
     assert!(ok, "{stderr}");
     let secret = palisade::auth::secret::HmacSecret {
-        bytes: b"cli-test-secret".to_vec(),
+        bytes: b"cli-test-secret-of-32-bytes-or-more".to_vec(),
         development: false,
     };
     let verifier = palisade::auth::Verifier::new(&Default::default(), &secret).unwrap();

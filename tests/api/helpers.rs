@@ -61,7 +61,7 @@ pub async fn spawn_app_from_file(path: &std::path::Path) -> TestApp {
     let mut config = Config::load(path).expect("the test config is valid");
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let secret = HmacSecret {
-        bytes: b"integration-test-secret".to_vec(),
+        bytes: b"integration-test-secret-of-32-bytes-or-more".to_vec(),
         development: false,
     };
     let settings = Settings {
@@ -258,7 +258,7 @@ async fn spawn(
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     tweak(&mut config);
     let secret = HmacSecret {
-        bytes: b"integration-test-secret".to_vec(),
+        bytes: b"integration-test-secret-of-32-bytes-or-more".to_vec(),
         development: false,
     };
     let settings = Settings {

@@ -246,7 +246,10 @@ async fn a_killed_instance_is_forgotten_within_the_presence_ttl() {
         dir.path(),
         &config,
         &[
-            ("PALISADE_JWT_SECRET", "integration-test-secret"),
+            (
+                "PALISADE_JWT_SECRET",
+                "integration-test-secret-of-32-bytes-or-more",
+            ),
             ("REDIS_URL", &redis),
         ],
     )

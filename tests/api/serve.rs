@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Message};
 
 use crate::helpers::{Binary, start_binary, ws_to};
 
-const SECRET: &str = "serve-test-secret";
+const SECRET: &str = "serve-test-secret-of-32-bytes-or-more";
 
 #[tokio::test]
 async fn serve_writes_json_logs_whose_connection_lines_carry_connection_user_and_instance() {

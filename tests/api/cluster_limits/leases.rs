@@ -44,7 +44,10 @@ async fn spawn_binary(dir: &std::path::Path, prefix: &str) -> (tokio::process::C
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .current_dir(dir)
-        .env("PALISADE_JWT_SECRET", "integration-test-secret")
+        .env(
+            "PALISADE_JWT_SECRET",
+            "integration-test-secret-of-32-bytes-or-more",
+        )
         .env(
             "DATABASE_URL",
             format!("sqlite://{}", dir.join("p.db").display()),

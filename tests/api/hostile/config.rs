@@ -6,6 +6,7 @@
 //! to the test process would reach every in-process server of the suite at once.
 
 mod schema_configs;
+mod secret;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
