@@ -90,25 +90,45 @@ pub async fn connect(url: &str, token: &str, source: IpAddr) -> anyhow::Result<S
         .context("handshake timed out")?
 }
 
-/// Sends a `subscribe` for the events of `topic`.
-pub async fn subscribe(ws: &mut Socket, id: &str, topic: &str) -> anyhow::Result<()> {
+/// Sends a `subscribe` for the events of `topic`, resuming after event `after` when given.
+pub async fn subscribe(
+    ws: &mut Socket,
+    id: &str,
+    topic: &str,
+    after: Option<&str>,
+) -> anyhow::Result<()> {
     let frame = serde_json::json!({
         "id": id,
         "type": "subscribe",
-        "payload": {"query": "subscription($t: String!) { events(topic: $t) { id payload } }", "variables": {"t": topic}},
+        "payload": {
+            "query": "subscription($t: String!, $a: ID) { events(topic: $t, after: $a) { id payload } }",
+            "variables": {"t": topic, "a": after},
+        },
     });
     ws.send(Message::text(frame.to_string())).await?;
     Ok(())
 }
 
-/// The publish timestamp in a delivery, without parsing the frame.
-fn stamp(text: &str) -> Option<u64> {
-    let at = text.find("\"t\":")? + 4;
+/// The number after `"key":` in a delivery, without parsing the frame.
+pub fn number(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
     let digits: &str = text[at..].trim_start();
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(digits.len());
     digits[..end].parse().ok()
+}
+
+/// The publish timestamp in a delivery.
+fn stamp(text: &str) -> Option<u64> {
+    number(text, "\"t\":")
+}
+
+/// The event id of a delivery (the stream position to resume after).
+pub fn event_id(text: &str) -> Option<&str> {
+    let marker = "\"events\":{\"id\":\"";
+    let at = text.find(marker)? + marker.len();
+    text[at..].split('"').next()
 }
 
 /// Reads until the socket closes or `stop` fires, counting deliveries and, when `latency` is
@@ -154,6 +174,8 @@ mod tests {
         let frame = r#"{"id":"1","type":"next","payload":{"data":{"events":{"id":"5-0","payload":{"t": 1712345678901234,"n":3}}}}}"#;
         assert_eq!(stamp(frame), Some(1712345678901234));
         assert_eq!(stamp(r#"{"type":"next"}"#), None);
+        assert_eq!(number(frame, "\"n\":"), Some(3));
+        assert_eq!(event_id(frame), Some("5-0"));
     }
 
     #[test]

@@ -23,6 +23,13 @@ pub enum Kind {
     Node,
 }
 
+/// A shared Redis for the Palisade instances of one run, under a key prefix of the run's own.
+#[derive(Clone, Debug)]
+pub struct Redis {
+    pub url: String,
+    pub prefix: String,
+}
+
 pub struct Server {
     pub kind: Kind,
     pub url: String,
@@ -32,9 +39,17 @@ pub struct Server {
 
 /// Limits high enough that the workload, not a limit, is what is measured; the per-operation
 /// guards all still run.
-fn hardening(port: u16, open: bool) -> String {
+fn hardening(port: u16, open: bool, redis: Option<&Redis>) -> String {
     let budget = if open { 100_000_000 } else { 1_000_000 };
-    format!(
+    let streams = redis
+        .map(|r| {
+            format!(
+                "streams: {{ key_prefix: \"{}\", presence_ttl: 5s }}\n",
+                r.prefix
+            )
+        })
+        .unwrap_or_default();
+    let rules = format!(
         r#"server: {{ listen: "127.0.0.1:{port}" }}
 auth: {{ connection_init_timeout: 60s }}
 connections:
@@ -52,7 +67,8 @@ topics:
       publish: [{{ role: service }}]
 logging: {{ format: json, filter: warn }}
 "#
-    )
+    );
+    rules + &streams
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -79,18 +95,24 @@ fn repo_root() -> PathBuf {
 }
 
 impl Server {
-    pub async fn start(kind: Kind) -> anyhow::Result<Self> {
+    /// Starts `kind`; with `redis`, Palisade uses the Redis bus and cluster state under its prefix
+    /// (the peers have no such mode and ignore it).
+    pub async fn start(kind: Kind, redis: Option<&Redis>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let mut command = match kind {
             Kind::Palisade | Kind::PalisadeOpen => {
                 let config = dir.path().join("hardening.yaml");
-                std::fs::write(&config, hardening(port, kind == Kind::PalisadeOpen))?;
+                std::fs::write(&config, hardening(port, kind == Kind::PalisadeOpen, redis))?;
                 let mut c = Command::new(sibling("palisade")?);
                 c.arg("serve").arg("--config").arg(&config).env(
                     "DATABASE_URL",
                     format!("sqlite://{}/bench.db", dir.path().display()),
                 );
+                c.env_remove("REDIS_URL");
+                if let Some(redis) = redis {
+                    c.env("REDIS_URL", &redis.url);
+                }
                 c
             }
             Kind::Bare => {
@@ -114,7 +136,6 @@ impl Server {
         command
             .current_dir(dir.path())
             .env("PALISADE_JWT_SECRET", SECRET)
-            .env_remove("REDIS_URL")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
