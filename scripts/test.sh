@@ -77,3 +77,12 @@ cargo clippy --all-targets --locked -- -D warnings
 # Benches are compiled by clippy above and run on demand (`cargo bench`): in a debug build they
 # would only measure the debug build, slowly.
 cargo test --lib --bins --tests --locked
+
+# The benchmark tools, as a smoke check: the quick suite (small counts) against debug builds of
+# Palisade, the bare peer and the Node peer, written to a scratch directory. Real figures come from
+# `scripts/bench.sh`.
+(cd bench/peers/node && npm ci --silent)
+cargo build --locked --bin palisade --bin palisade-bare --bin palisade-bench
+bench_out=$(mktemp -d)
+target/debug/palisade-bench suite --quick --redis "$REDIS_URL" --out "$bench_out/BENCHMARKS.md"
+rm -rf "$bench_out"

@@ -1,0 +1,340 @@
+//! `palisade-bench suite`: every scenario against Palisade and both peers in one run, written up
+//! as BENCHMARKS.md with two SVG charts. Figures come from this run only, so the ratios compare
+//! servers measured on the same machine in the same minutes.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::scenarios::deliver::{self, Delivery};
+use crate::scenarios::{churn, idle, storm};
+use crate::target::Kind;
+use crate::{chart, connections_within};
+
+/// Population sizes and counts for one suite run.
+struct Sizes {
+    idle_steps: Vec<usize>,
+    connect: usize,
+    subscribers: usize,
+    events: usize,
+    topics: (usize, usize, usize),
+    storm: (usize, usize, u32),
+    churn: (u32, u64),
+    /// Seconds of paced publishing per latency point.
+    paced_seconds: f64,
+}
+
+impl Sizes {
+    fn new(quick: bool, files: u64) -> Self {
+        let cap = |n| connections_within(files, n);
+        if quick {
+            Self {
+                idle_steps: vec![100, 200, 300, 400],
+                connect: 200,
+                subscribers: 100,
+                events: 40,
+                topics: (100, 10, 200),
+                storm: (50, 40, 20),
+                churn: (50, 6),
+                paced_seconds: 1.0,
+            }
+        } else {
+            Self {
+                idle_steps: [1_000, 5_000, 7_500, 10_000, 12_500, 15_000]
+                    .map(cap)
+                    .to_vec(),
+                connect: cap(10_000),
+                subscribers: cap(10_000),
+                events: 200,
+                topics: (cap(10_000), 1_000, 20_000),
+                storm: (cap(10_000), 300, 20),
+                churn: (200, 600),
+                paced_seconds: 10.0,
+            }
+        }
+    }
+}
+
+/// Everything measured for one server.
+struct Measured {
+    kind: Kind,
+    idle: idle::Idle,
+    connect: idle::Connect,
+    /// The three unpaced fan-out runs, sorted by deliveries/s (the middle one is reported).
+    fanout: Vec<Delivery>,
+    /// Paced runs at a quarter, half and three quarters of the median maximum.
+    paced: Vec<Delivery>,
+    topics: Delivery,
+    storm: storm::Storm,
+}
+
+impl Measured {
+    fn median(&self) -> &Delivery {
+        &self.fanout[self.fanout.len() / 2]
+    }
+
+    fn half_max(&self) -> &Delivery {
+        &self.paced[1]
+    }
+}
+
+async fn measure(kind: Kind, sizes: &Sizes) -> anyhow::Result<Measured> {
+    eprintln!("palisade-bench suite: {kind:?}");
+    let idle = idle::idle(kind, &sizes.idle_steps).await?;
+    let connect = idle::connect(kind, sizes.connect).await?;
+    let mut fanout = Vec::new();
+    for _ in 0..3 {
+        fanout.push(deliver::fanout(kind, sizes.subscribers, sizes.events, None).await?);
+    }
+    fanout.sort_by(|a, b| a.deliveries_per_second.total_cmp(&b.deliveries_per_second));
+    let max_events = fanout[1].deliveries_per_second / sizes.subscribers.max(1) as f64;
+    let mut paced = Vec::new();
+    for fraction in [0.25, 0.5, 0.75] {
+        let rate = (max_events * fraction).max(1.0);
+        let events = ((rate * sizes.paced_seconds) as usize).max(10);
+        paced.push(deliver::fanout(kind, sizes.subscribers, events, Some(rate as u32)).await?);
+    }
+    let (s, t, e) = sizes.topics;
+    let topics = deliver::topics(kind, s, t, e, None).await?;
+    let (c, e, r) = sizes.storm;
+    let storm = storm::storm(kind, c, e, r).await?;
+    Ok(Measured {
+        kind,
+        idle,
+        connect,
+        fanout,
+        paced,
+        topics,
+        storm,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024 / 1024);
+    format!(
+        "{cores} cores ({cpu}), {memory} GiB; server and load generator share the cores, over loopback"
+    )
+}
+
+pub async fn run(quick: bool, files: u64, redis: Option<&str>, out: &Path) -> anyhow::Result<()> {
+    let sizes = Sizes::new(quick, files);
+    let mut measured = Vec::new();
+    for kind in [Kind::Palisade, Kind::Bare, Kind::Node] {
+        measured.push(measure(kind, &sizes).await?);
+    }
+    let (rate, seconds) = sizes.churn;
+    let churn = churn::churn(Kind::Palisade, rate, seconds, redis).await?;
+    let cluster = match redis {
+        Some(url) => Some(deliver::cluster(url, sizes.subscribers / 2, sizes.events, None).await?),
+        None => None,
+    };
+    let dir = out.parent().unwrap_or(Path::new("."));
+    chart::latency(
+        &dir.join("bench/latency.svg"),
+        &measured
+            .iter()
+            .map(|m| (m.kind, &m.paced[..], m.median()))
+            .collect::<Vec<_>>(),
+    )?;
+    chart::memory(
+        &dir.join("bench/memory.svg"),
+        &measured
+            .iter()
+            .map(|m| (m.kind, &m.idle.points[..]))
+            .collect::<Vec<_>>(),
+    )?;
+    let report = render(&measured, &churn, cluster.as_ref(), quick);
+    std::fs::write(out, report)?;
+    eprintln!("palisade-bench suite: wrote {}", out.display());
+    Ok(())
+}
+
+fn render(
+    m: &[Measured],
+    churn: &churn::Churn,
+    cluster: Option<&[Delivery; 2]>,
+    quick: bool,
+) -> String {
+    let [p, bare, node] = [&m[0], &m[1], &m[2]];
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `scripts/bench.sh` (`palisade-bench suite`{}); do not edit by hand. \
+         Machine: {}. Every figure below comes from this one run: each server was started fresh \
+         for each scenario, with release builds.\n",
+        if quick {
+            " --quick: small counts, a smoke check, not a measurement"
+        } else {
+            ""
+        },
+        machine()
+    );
+    let _ = writeln!(
+        md,
+        "| measure | Palisade | bare async-graphql | Node graphql-ws | ÷ bare | ÷ Node | target |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let mut row = |name: &str, f: &dyn Fn(&Measured) -> f64, unit: &str, target: &str| {
+        let (a, b, c) = (f(p), f(bare), f(node));
+        let ratio = |x: f64| {
+            if x > 0.0 {
+                format!("{:.2}×", a / x)
+            } else {
+                "–".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {a:.1}{unit} | {b:.1}{unit} | {c:.1}{unit} | {} | {} | {target} |",
+            ratio(b),
+            ratio(c)
+        );
+    };
+    let idle_span = |x: &Measured| {
+        format!(
+            "{}→{}",
+            x.idle.points.first().map_or(0, |p| p.0),
+            x.idle.points.last().map_or(0, |p| p.0)
+        )
+    };
+    row(
+        &format!(
+            "marginal RSS per idle subscribed connection, {} (KiB)",
+            idle_span(p)
+        ),
+        &|x| x.idle.marginal_bytes as f64 / 1024.0,
+        "",
+        "≤ 8 KiB",
+    );
+    row(
+        &format!(
+            "connect + init + ack + subscribe, {} (per s)",
+            p.connect.connections
+        ),
+        &|x| x.connect.per_second,
+        "",
+        "≥ 5,000/s",
+    );
+    row(
+        &format!(
+            "deliveries/s, {} subscribers on one topic (median of 3)",
+            p.median().subscribers
+        ),
+        &|x| x.median().deliveries_per_second,
+        "",
+        "≥ 160k/s and ≥ 8× Node",
+    );
+    row(
+        "p99 publish→deliver at half the maximum rate (ms)",
+        &|x| x.half_max().p99_ms,
+        "",
+        "≤ 50 ms",
+    );
+    row(
+        "p99 publish→deliver at the maximum rate (ms)",
+        &|x| x.median().p99_ms,
+        "",
+        "",
+    );
+    row(
+        &format!(
+            "deliveries/s, {} subscribers over {} topics",
+            p.topics.subscribers, p.topics.events
+        ),
+        &|x| x.topics.deliveries_per_second,
+        "",
+        "",
+    );
+    row(
+        &format!(
+            "reconnect storm, {} clients: seconds until all resubscribed",
+            p.storm.clients
+        ),
+        &|x| x.storm.resubscribed_seconds,
+        "",
+        "report",
+    );
+    row(
+        "reconnect storm: events lost",
+        &|x| x.storm.lost as f64,
+        "",
+        "0",
+    );
+    row(
+        "reconnect storm: events duplicated",
+        &|x| x.storm.duplicated as f64,
+        "",
+        "0",
+    );
+    let lost: u64 = m
+        .iter()
+        .flat_map(|x| x.fanout.iter().chain(&x.paced))
+        .map(|d| d.lost)
+        .sum();
+    let _ = writeln!(
+        md,
+        "\nLost events over all fan-out runs: {lost}. Peers ignore `after`, so the storm's lost events for them are what a client of a stock server misses while it reconnects.\n"
+    );
+    let _ = writeln!(
+        md,
+        "**Churn** ({} connects/s for {} s, each living 5 s, Palisade{}): RSS {:.1} MiB at steady state, {:.1} MiB at the end, drift {:+.1}% (target: under 5%); Redis keys left other than the bus's stream history: {}.\n",
+        churn.per_second,
+        churn.seconds,
+        if churn.redis_keys_left.is_some() {
+            " on the Redis bus"
+        } else {
+            ", in-process bus"
+        },
+        churn.rss_steady as f64 / 1048576.0,
+        churn.rss_end as f64 / 1048576.0,
+        churn.drift_percent,
+        churn
+            .redis_keys_left
+            .as_ref()
+            .map_or("not measured (no Redis)".to_string(), |k| if k.is_empty() {
+                "none".into()
+            } else {
+                k.join(", ")
+            }),
+    );
+    if let Some([one, two]) = cluster {
+        let _ = writeln!(
+            md,
+            "**Cluster** ({} subscribers, Redis bus): one instance {:.0} deliveries/s, p99 {:.1} ms; two instances {:.0} deliveries/s, p99 {:.1} ms.\n",
+            one.subscribers,
+            one.deliveries_per_second,
+            one.p99_ms,
+            two.deliveries_per_second,
+            two.p99_ms
+        );
+    }
+    let _ = writeln!(
+        md,
+        "![latency against throughput](bench/latency.svg)\n\n![memory against connections](bench/memory.svg)\n"
+    );
+    md.push_str(include_str!("../optimizations.md"));
+    md.push_str("\n## How these were measured\n");
+    md.push_str(
+        include_str!("../README.md")
+            .split_once('\n')
+            .map_or("", |(_, rest)| rest),
+    );
+    md
+}
