@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::limits::document::Violation;
 use crate::metrics::Metrics;
 
 pub use memory::MemoryBus;
@@ -46,12 +47,28 @@ pub fn build(
         }
         None => {
             let memory = MemoryBus::with_metrics(
-                config.streams.replay_limit as usize,
+                &config.streams,
                 config.connections.send_queue as usize,
                 metrics.clone(),
             );
             Arc::new(Metered::new(memory, metrics.clone()))
         }
+    })
+}
+
+/// Refuses a topic name longer than `payload.max_topic_bytes` (`max_bytes`), wherever it comes
+/// in, before any other work is spent on it: a topic is hashed, matched against every rule,
+/// stored with each event and kept as a key while followed.
+pub fn check_topic(topic: &str, max_bytes: u32) -> Result<(), Violation> {
+    let measured = topic.len() as u64;
+    if measured <= u64::from(max_bytes) {
+        return Ok(());
+    }
+    Err(Violation {
+        code: "MAX_TOPIC_BYTES_LIMIT",
+        limit: max_bytes.into(),
+        measured,
+        message: format!("the topic is {measured} bytes long; the limit is {max_bytes}"),
     })
 }
 

@@ -63,14 +63,16 @@ pub struct Caller {
     pub connection: Option<ConnectionHandle>,
 }
 
-/// Checks a topic rule for the caller; a denial is audited and answered with FORBIDDEN on this
-/// operation only. Returns whether the topic is a system topic.
+/// Checks the topic's length and its rule for the caller; a denial is audited and answered with
+/// FORBIDDEN on this operation only. Returns whether the topic is a system topic.
 pub async fn authorize(
     ctx: &Context<'_>,
     topic: &str,
     action: Action,
 ) -> async_graphql::Result<bool> {
     let config = ctx.data_unchecked::<LiveConfig>().load();
+    crate::bus::check_topic(topic, config.payload.max_topic_bytes)
+        .map_err(|violation| Error::Limit(violation).extend())?;
     let db = ctx.data_unchecked::<Database>();
     let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
     let decision = topics::check(&config.topics, db, caller.identity.as_ref(), topic, action).await;
