@@ -5,7 +5,9 @@ use std::time::Duration;
 use palisade::config::Config;
 use serde_json::{Value, json};
 
-use crate::helpers::{PUBLISH_KEY, TestApp, WsClient, spawn_app_with};
+use crate::helpers::{
+    PUBLISH_KEY, TestApp, WsClient, spawn_app_with, spawn_app_with_redis, unique_prefix,
+};
 
 const EVENTS: &str =
     "subscription($t: String!, $a: ID) { events(topic: $t, after: $a) { id type payload } }";
@@ -149,4 +151,122 @@ async fn a_topic_longer_than_max_topic_bytes_is_refused_with_its_code_everywhere
         )
         .await;
     assert!(published["errors"].is_null(), "{published}");
+}
+
+/// A Redis server of the test's own that it can freeze (SIGSTOP) as a hung Redis would be: every
+/// call then waits until its timeout.
+struct FrozenRedis {
+    port: u16,
+    process: std::process::Child,
+}
+
+impl FrozenRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Self { port, process };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {port} did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.process.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for FrozenRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Publishes `type: "t"` on `topic` through `POST /api/publish`.
+async fn publish(app: &TestApp, topic: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/api/publish"))
+        .bearer_auth(PUBLISH_KEY)
+        .json(&json!({ "topic": topic, "type": "t", "payload": { "n": 1 } }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presence_queue() {
+    let redis = FrozenRedis::start().await;
+    let app = spawn_app_with_redis(&redis.url(), |c| {
+        roomy(c);
+        c.streams.key_prefix = unique_prefix();
+        c.streams.presence_queue = 8;
+    })
+    .await;
+    let mut client = app.ws_acked("alice").await;
+    subscribe(&mut client, "warm", "system:warm", None).await;
+    // Once an event goes through, the bus is in place and only presence needs Redis.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(publish(&app, "system:warm").await.status().is_success());
+        let next = tokio::time::timeout(Duration::from_millis(200), client.recv()).await;
+        if next.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no event came through");
+    }
+
+    let own = sample(&app, "palisade_topics_active").await.unwrap();
+    redis.signal("-STOP");
+    const CHURN: usize = 200;
+    for n in 0..CHURN {
+        let topic = format!("system:churn-{n}");
+        subscribe(&mut client, &n.to_string(), &topic, None).await;
+    }
+    // The worker is stuck on its first batch; the queue takes 8 joins, and no join waits for
+    // room: every subscription has started while Redis is still frozen.
+    let dropped = until(&app, "palisade_presence_queue_dropped_total", |v| v > 0.0).await;
+    until(&app, "palisade_topics_active", |v| v >= own + CHURN as f64).await;
+    let dropped = until(&app, "palisade_presence_queue_dropped_total", |v| {
+        v >= (CHURN - 8 - 8) as f64
+    })
+    .await
+    .max(dropped);
+    for n in 0..CHURN {
+        complete(&mut client, &n.to_string()).await;
+    }
+    until(&app, "palisade_topics_active", |v| v == own).await;
+    // The bound, and a leave for each subscription that joined; the dropped ones queue none.
+    let queued = sample(&app, "palisade_presence_queue_length").await.unwrap();
+    let joined = CHURN as f64 - dropped;
+    assert!(
+        queued <= 8.0 + joined && joined <= 16.0,
+        "{queued} commands queued, {dropped} dropped"
+    );
+
+    redis.signal("-CONT");
+    until(&app, "palisade_presence_queue_length", |v| v == 0.0).await;
+    let dropped_after = sample(&app, "palisade_presence_queue_dropped_total").await;
+    assert!(dropped_after.unwrap() <= CHURN as f64);
 }
