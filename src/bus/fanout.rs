@@ -153,11 +153,11 @@ impl Fanout {
             Vec::with_capacity(1)
         });
         followers.push(Follower {
-                id,
-                tx,
-                gap_last: false,
-                owed: None,
-            });
+            id,
+            tx,
+            gap_last: false,
+            owed: None,
+        });
         Member {
             fanout: self.clone(),
             shard,

@@ -95,10 +95,13 @@ impl Inner {
     fn keep(&mut self, event: &Arc<Event>, replay_limit: usize, maxlen: usize) {
         // A topic that comes back after being forgotten cannot vouch for what it had before.
         let forgotten = self.forgotten;
-        let state = self.topics.entry(event.topic.clone()).or_insert_with(|| Topic {
-            ring: VecDeque::new(),
-            evicted: forgotten,
-        });
+        let state = self
+            .topics
+            .entry(event.topic.clone())
+            .or_insert_with(|| Topic {
+                ring: VecDeque::new(),
+                evicted: forgotten,
+            });
         state.ring.push_back(event.clone());
         if state.ring.len() > replay_limit {
             state.evicted = state.ring.pop_front().map(|e| e.id);
@@ -275,12 +278,16 @@ mod tests {
         let bus = MemoryBus::build(10, 3, 16, Some(metrics.clone()));
         let first = bus.publish("a".into(), "k".into(), 0.into()).await.unwrap();
         for n in 0..100 {
-            bus.publish(format!("t{n}"), "k".into(), n.into()).await.unwrap();
+            bus.publish(format!("t{n}"), "k".into(), n.into())
+                .await
+                .unwrap();
         }
         assert_eq!(metrics.bus_retained_events.get(), 3);
         assert_eq!(bus.inner.lock().unwrap().topics.len(), 3);
         let sub = bus.subscribe("a".into(), Some(first.id)).await.unwrap();
-        bus.publish("a".into(), "k".into(), "live".into()).await.unwrap();
+        bus.publish("a".into(), "k".into(), "live".into())
+            .await
+            .unwrap();
         let got: Vec<Delivery> = sub.take(2).collect().await;
         assert_eq!(ids(&got), ["GAP", "\"live\""]);
         // Events of a kept topic still replay after others were forgotten.

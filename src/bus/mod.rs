@@ -6,6 +6,7 @@ mod fanout;
 mod memory;
 mod metered;
 pub mod redis;
+mod replays;
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,6 +25,7 @@ use crate::metrics::Metrics;
 pub use memory::MemoryBus;
 pub use metered::Metered;
 pub use redis::RedisBus;
+pub use replays::Replays;
 
 /// The bus of this instance: Redis Streams when `REDIS_URL` is set (its readers run until
 /// `shutdown` is cancelled), the in-process bus otherwise.

@@ -14,7 +14,7 @@ use async_graphql::{Context, ErrorExtensions, Schema};
 
 use crate::audit::{Audit, Entry};
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, Delivery, EventId};
+use crate::bus::{Bus, Delivery, EventId, Replays};
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::error::Error;
@@ -110,10 +110,21 @@ pub async fn follow(
         .map_err(|e| Error::BadUserInput(e).extend())?;
     authorize(ctx, topic, Action::Subscribe).await?;
     let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
+    // Held while the missed events are read back; they are handed over when `subscribe` returns.
+    let replaying = match after {
+        Some(_) => {
+            let connection = ctx
+                .data_opt::<Caller>()
+                .and_then(|c| c.connection_id.as_deref());
+            Some(ctx.data_unchecked::<Arc<Replays>>().admit(connection).await)
+        }
+        None => None,
+    };
     let deliveries = bus
         .subscribe(topic.to_string(), after)
         .await
         .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+    drop(replaying);
     Ok(presence::held(
         deliveries,
         presence::enter(ctx, topic).await,
@@ -163,6 +174,7 @@ pub fn build(services: Services) -> AppSchema {
         .data(audit)
         .data(instance)
         .data(presence)
+        .data(Replays::new(&config.streams, &metrics))
         .extension(observe::Observe(metrics))
         .extension(guard)
         // Depth and complexity are measured here but judged by the guard, which reports them

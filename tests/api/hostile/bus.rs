@@ -6,7 +6,8 @@ use palisade::config::Config;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PUBLISH_KEY, TestApp, WsClient, spawn_app_with, spawn_app_with_redis, unique_prefix,
+    PUBLISH_KEY, TestApp, WsClient, redis_url, spawn_app_with, spawn_app_with_redis,
+    spawn_instance, unique_prefix,
 };
 
 const EVENTS: &str =
@@ -87,7 +88,10 @@ async fn thousands_of_distinct_topics_come_and_go_and_leave_only_the_bounded_rep
     // Every topic's JOIN and LEAVE (5,000 events) went into the bus, which kept only `maxlen`.
     until(&app, "palisade_presence_queue_length", |v| v == 0.0).await;
     let retained = until(&app, "palisade_bus_retained_events", |v| v > 0.0).await;
-    assert_eq!(retained, 300.0, "the bound over all topics, not one per topic");
+    assert_eq!(
+        retained, 300.0,
+        "the bound over all topics, not one per topic"
+    );
     assert_eq!(sample(&app, "palisade_topics_active").await, Some(own));
 }
 
@@ -173,9 +177,14 @@ impl FrozenRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed");
+        // Owned before waiting, so the server is stopped even if it never answers.
+        let redis = Self { port, process };
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Self { port, process };
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -234,7 +243,10 @@ async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presenc
         if next.is_ok() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event came through");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event came through"
+        );
     }
 
     let own = sample(&app, "palisade_topics_active").await.unwrap();
@@ -258,7 +270,9 @@ async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presenc
     }
     until(&app, "palisade_topics_active", |v| v == own).await;
     // The bound, and a leave for each subscription that joined; the dropped ones queue none.
-    let queued = sample(&app, "palisade_presence_queue_length").await.unwrap();
+    let queued = sample(&app, "palisade_presence_queue_length")
+        .await
+        .unwrap();
     let joined = CHURN as f64 - dropped;
     assert!(
         queued <= 8.0 + joined && joined <= 16.0,
@@ -269,4 +283,65 @@ async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presenc
     until(&app, "palisade_presence_queue_length", |v| v == 0.0).await;
     let dropped_after = sample(&app, "palisade_presence_queue_dropped_total").await;
     assert!(dropped_after.unwrap() <= CHURN as f64);
+}
+
+#[tokio::test]
+async fn a_resume_storm_over_big_events_never_makes_a_publish_fail() {
+    let prefix = unique_prefix();
+    let app = spawn_instance(&redis_url(), &prefix, |c| {
+        roomy(c);
+        c.streams.shards = 1;
+        c.streams.max_replays = 4;
+        c.streams.max_replays_per_connection = 2;
+    })
+    .await;
+    // A thousand 30 KB events of one topic, written straight into its stream.
+    let key = format!("{prefix}:events:{{0}}");
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let payload = json!({ "blob": "x".repeat(30_000) }).to_string();
+    for _ in 0..10 {
+        let mut pipe = redis::pipe();
+        for _ in 0..100 {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("topic")
+                .arg("system:big")
+                .arg("type")
+                .arg("t")
+                .arg("payload")
+                .arg(&payload)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut redis).await.unwrap();
+    }
+
+    // Every client of the instance comes back at once and resumes from the start.
+    let mut clients = Vec::new();
+    for user in ["r0", "r1", "r2"] {
+        let mut client = app.ws_acked(user).await;
+        for n in 0..10 {
+            subscribe(&mut client, &n.to_string(), "system:big", Some("0-0")).await;
+        }
+        clients.push(client);
+    }
+    let mut busiest = 0.0_f64;
+    for n in 0..20 {
+        let response = publish(&app, &format!("system:other-{n}")).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "publish {n} during the storm: {body}");
+        let active = sample(&app, "palisade_replays_active").await.unwrap();
+        busiest = busiest.max(active);
+    }
+    assert!(busiest <= 4.0, "{busiest} replays at once");
+    let () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 }
