@@ -176,6 +176,12 @@ impl Bus for MemoryBus {
         after: Option<EventId>,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
         let inner = self.inner.lock().expect("bus lock poisoned");
+        if let Some(after) = after {
+            let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+            if after.unknown(inner.last_id, now_ms) {
+                return Box::pin(async move { Err(BusError::UnknownAfter(after)) });
+            }
+        }
         let member = self.fanout.join(0, &topic);
         let mut replay = Vec::new();
         let mut last = after;

@@ -14,7 +14,7 @@ use async_graphql::{Context, ErrorExtensions, Schema};
 
 use crate::audit::{Audit, Entry};
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, Delivery, EventId, Replays};
+use crate::bus::{Bus, BusError, Delivery, EventId, Replays};
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::error::Error;
@@ -123,7 +123,10 @@ pub async fn follow(
     let deliveries = bus
         .subscribe(topic.to_string(), after)
         .await
-        .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+        .map_err(|e| match e {
+            BusError::UnknownAfter(_) => Error::BadUserInput(e.to_string()).extend(),
+            BusError::Unavailable(_) => Error::BusUnavailable(e.into()).extend(),
+        })?;
     drop(replaying);
     Ok(presence::held(
         deliveries,

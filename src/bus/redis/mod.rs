@@ -266,7 +266,8 @@ impl Bus for RedisBus {
                 .await
                 .context("Redis did not answer in time")
                 .and_then(|r| r)
-                .map_err(BusError::Unavailable)?;
+                .map_err(BusError::Unavailable)?
+                .map_err(BusError::UnknownAfter)?;
             let (first, seam) = replay.into_deliveries(after, &self.metrics);
             let live = member.live(Some(seam), Some(seam));
             Ok(stream::iter(first).chain(live).boxed())

@@ -46,7 +46,8 @@ pub struct Bounds {
     pub bytes: usize,
 }
 
-/// The newest events of `topic` after `after` in stream `key`, within `bounds`. The scan goes
+/// The newest events of `topic` after `after` in stream `key`, within `bounds`, or `Err(after)`
+/// when `after` is [unknown](EventId::unknown) to the stream. The scan goes
 /// from the newest entry back, so it stops as soon as it has one event more than it can replay,
 /// and it is bounded by the stream's length (`streams.maxlen`) otherwise. Pages shrink when the
 /// shard's entries are big, so a page holds about as much as the replay may (other topics'
@@ -58,7 +59,22 @@ pub async fn read(
     topic: &str,
     after: EventId,
     bounds: Bounds,
-) -> anyhow::Result<Replay> {
+) -> anyhow::Result<Result<Replay, EventId>> {
+    // Before the scan: an exclusive range from past the largest id is an error in Redis.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .context("reading the Redis clock")?;
+    let now_ms = secs * 1000 + micros / 1000;
+    if after.ms > now_ms {
+        let last = info::fetch(conn, key)
+            .await?
+            .unwrap_or_default()
+            .last_generated;
+        if after.unknown(last, now_ms) {
+            return Ok(Err(after));
+        }
+    }
     let mut newest_first = Vec::new();
     let mut held = 0;
     let mut too_many = false;
@@ -106,8 +122,8 @@ pub async fn read(
     // last, so only metadata from after it can vouch for them.
     let info = info::fetch(conn, key).await?;
     newest_first.reverse();
-    Ok(Replay {
+    Ok(Ok(Replay {
         gap: too_many || info::resume_misses(info.as_ref(), after),
         events: newest_first,
-    })
+    }))
 }

@@ -345,3 +345,76 @@ async fn a_resume_storm_over_big_events_never_makes_a_publish_fail() {
         .await
         .unwrap();
 }
+
+/// Counts ERROR events logged on this thread, where a `#[tokio::test]` runs the server it spawns.
+#[derive(Clone, Default)]
+struct Errors(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Errors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::ERROR {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Errors {
+    fn logged(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Resumes after each of the ids a client may make up; each is refused on its own operation,
+/// and a resume after a real id still gets the next event live.
+async fn made_up_ids_are_refused(app: &TestApp) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let errors = Errors::default();
+    let _logging =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(errors.clone()));
+    let topic = "system:resume";
+    let first = publish(app, topic).await.json::<Value>().await.unwrap();
+    let first = first["id"].as_str().unwrap().to_string();
+    let mut client = app.ws_acked("alice").await;
+    let made_up = [
+        "18446744073709551615-18446744073709551615",
+        "9999999999999-0",
+        "+1-0",
+        "1-2-3",
+        "18446744073709551616-0",
+        "-",
+    ];
+    for (n, after) in made_up.iter().enumerate() {
+        subscribe(&mut client, &n.to_string(), topic, Some(after)).await;
+        let error = client.recv().await;
+        assert_eq!(error["type"], "error", "{after}: {error}");
+        assert_eq!(error["id"], n.to_string());
+        let code = &error["payload"][0]["extensions"]["code"];
+        assert_eq!(code, "BAD_USER_INPUT", "{after}: {error}");
+    }
+    subscribe(&mut client, "real", topic, Some(&first)).await;
+    // Live once a later publish comes through (the subscription starts asynchronously).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let event = loop {
+        publish(app, topic).await;
+        if let Ok(event) = tokio::time::timeout(Duration::from_millis(300), client.recv()).await {
+            break event;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing came live");
+    };
+    assert_eq!(event["id"], "real", "{event}");
+    assert_eq!(event["payload"]["data"]["events"]["type"], "t", "{event}");
+    assert_eq!(errors.logged(), 0, "a client's ids are never an ERROR");
+}
+
+#[tokio::test]
+async fn made_up_resume_ids_are_bad_user_input_on_redis_and_nothing_is_logged_as_an_error() {
+    let prefix = unique_prefix();
+    let app = spawn_instance(&redis_url(), &prefix, |c| c.streams.shards = 1).await;
+    made_up_ids_are_refused(&app).await;
+}
+
+#[tokio::test]
+async fn made_up_resume_ids_are_bad_user_input_in_process_too() {
+    let app = spawn_app_with(|_| {}).await;
+    made_up_ids_are_refused(&app).await;
+}
