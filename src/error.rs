@@ -21,6 +21,10 @@ pub enum Error {
     /// Valid credentials, not enough rights.
     #[error("{0}")]
     Forbidden(String),
+    /// A limit of hardening.yaml checked by the handler itself, answered with its own code, the
+    /// limit and the measured value.
+    #[error("{0}")]
+    Limit(crate::limits::document::Violation),
     /// The event bus cannot take the event; nothing was published.
     #[error("the event bus is unavailable")]
     BusUnavailable(#[source] anyhow::Error),
@@ -36,6 +40,7 @@ impl Error {
             Error::Unauthenticated => "UNAUTHENTICATED",
             Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Error::Forbidden(_) => "FORBIDDEN",
+            Error::Limit(violation) => violation.code,
             Error::BusUnavailable(_) => "BUS_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
@@ -47,6 +52,7 @@ impl Error {
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Limit(_) => StatusCode::BAD_REQUEST,
             Error::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,7 +72,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.log();
         // GraphQL-shaped, so GraphQL clients surface the message and code like any other error.
-        let body = serde_json::json!({ "errors": [{ "message": self.to_string(), "extensions": { "code": self.code() } }] });
+        let mut extensions = serde_json::json!({ "code": self.code() });
+        if let Error::Limit(violation) = &self {
+            extensions["limit"] = violation.limit.into();
+            extensions["measured"] = violation.measured.into();
+        }
+        let body = serde_json::json!({ "errors": [{ "message": self.to_string(), "extensions": extensions }] });
         (self.status(), Json(body)).into_response()
     }
 }
@@ -81,6 +92,11 @@ impl async_graphql::ErrorExtensions for Error {
             .extensions
             .get_or_insert_with(Default::default)
             .set("code", self.code());
+        if let Error::Limit(violation) = self {
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            extensions.set("limit", violation.limit);
+            extensions.set("measured", violation.measured);
+        }
         error
     }
 }

@@ -54,6 +54,19 @@ pub struct Metrics {
     pub presence_log_dropped: IntCounter,
     /// 1 when the last `/readyz` found every dependency reachable, else 0.
     pub ready: IntGauge,
+    // What the bus and presence hold for clients (topics, replays, presence bookkeeping).
+    /// Topics followed by this instance's subscribers now.
+    pub topics_active: IntGauge,
+    /// Events the in-process bus keeps for resuming subscribers, over all topics (at most
+    /// `streams.maxlen`); 0 with Redis, which keeps them itself.
+    pub bus_retained_events: IntGauge,
+    /// Replays (resumes with `after`) reading back missed events now.
+    pub replays_active: IntGauge,
+    /// Presence joins and leaves waiting for the presence worker.
+    pub presence_queue: IntGauge,
+    /// Presence joins not queued because the queue was full (those subscriptions are not shown
+    /// as present).
+    pub presence_queue_dropped: IntCounter,
 }
 
 /// Prepended to every metric name at export.
@@ -83,6 +96,13 @@ fn counter(catalog: &Catalog, name: &str, help: &str) -> IntCounter {
     register(
         catalog,
         IntCounter::new(name, help).expect("static metric definition"),
+    )
+}
+
+fn gauge(catalog: &Catalog, name: &str, help: &str) -> IntGauge {
+    register(
+        catalog,
+        IntGauge::new(name, help).expect("static metric definition"),
     )
 }
 
@@ -241,6 +261,31 @@ impl Metrics {
                 r,
                 IntGauge::new("ready", "1 when the last readiness probe passed")
                     .expect("static metric definition"),
+            ),
+            topics_active: gauge(
+                r,
+                "topics_active",
+                "Topics followed by this instance's subscribers now",
+            ),
+            bus_retained_events: gauge(
+                r,
+                "bus_retained_events",
+                "Events the in-process bus keeps for resuming subscribers, over all topics",
+            ),
+            replays_active: gauge(
+                r,
+                "replays_active",
+                "Resumes reading back missed events now",
+            ),
+            presence_queue: gauge(
+                r,
+                "presence_queue_length",
+                "Presence joins and leaves waiting for the presence worker",
+            ),
+            presence_queue_dropped: counter(
+                r,
+                "presence_queue_dropped_total",
+                "Presence joins dropped because the presence queue was full",
             ),
             names: catalog.names.take(),
             registry: catalog.registry,

@@ -104,6 +104,7 @@ pub async fn publish(
         ));
     }
     let config = state.live.load();
+    crate::bus::check_topic(&body.topic, config.payload.max_topic_bytes).map_err(Error::Limit)?;
     let identity = api_key_identity(&config.topics.roles_claim);
     let decision = topics::check(
         &config.topics,

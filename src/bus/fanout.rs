@@ -145,17 +145,19 @@ impl Fanout {
         let mut state = self.shard(shard);
         let id = state.next_id;
         state.next_id += 1;
-        state
-            .topics
-            .entry(topic.to_string())
+        let followers = state.topics.entry(topic.to_string()).or_insert_with(|| {
+            if let Some(metrics) = &self.metrics {
+                metrics.topics_active.inc();
+            }
             // Most topics have a single follower here.
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(Follower {
-                id,
-                tx,
-                gap_last: false,
-                owed: None,
-            });
+            Vec::with_capacity(1)
+        });
+        followers.push(Follower {
+            id,
+            tx,
+            gap_last: false,
+            owed: None,
+        });
         Member {
             fanout: self.clone(),
             shard,
@@ -206,6 +208,9 @@ impl Drop for Member {
         followers.retain(|f| f.id != self.id);
         if followers.is_empty() {
             state.topics.remove(&self.topic);
+            if let Some(metrics) = &self.fanout.metrics {
+                metrics.topics_active.dec();
+            }
             // Give memory back after a burst of topics, not on every leave.
             let (len, capacity) = (state.topics.len(), state.topics.capacity());
             if capacity > 64 && len * 4 < capacity {

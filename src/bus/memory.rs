@@ -4,6 +4,12 @@
 //! Publishing appends to the ring and delivers while holding the lock a subscriber takes to read
 //! the ring and join the fan-out, so a subscriber sees each event exactly once: either in its
 //! replay or live, never both and never neither.
+//!
+//! What is kept for resuming subscribers is bounded over all topics, as a Redis stream bounds it
+//! over the topics of a shard: each ring holds at most `streams.replay_limit` events, and all of
+//! them together at most `streams.maxlen`, the oldest going first. A topic whose last event went
+//! has no entry left, whoever followed it once, so a client cycling through distinct topics
+//! leaves behind at most `streams.maxlen` events and never a topic per name it tried.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,19 +22,29 @@ use serde_json::Value;
 
 use super::fanout::{Fanout, GapCause};
 use super::{Bus, BusError, Delivery, Event, EventId};
+use crate::config::Streams;
 use crate::metrics::Metrics;
 
 pub struct MemoryBus {
     inner: Mutex<Inner>,
     fanout: Arc<Fanout>,
     replay_limit: usize,
+    /// Events kept over all topics.
+    maxlen: usize,
     metrics: Option<Arc<Metrics>>,
 }
 
 struct Inner {
     last_id: EventId,
-    /// Topics that had events; a subscriber alone does not make an entry.
+    /// Topics with events kept; a subscriber alone does not make an entry.
     topics: HashMap<String, Topic>,
+    /// Every kept event, oldest first, over all topics: the order they are forgotten in. It may
+    /// also hold events a ring already pushed out (they go when their turn comes), so its length
+    /// bounds what the rings hold.
+    kept: VecDeque<Arc<Event>>,
+    /// The newest event forgotten with the last one of its topic: a subscriber resuming before it
+    /// on a topic with no entry may have missed events.
+    forgotten: Option<EventId>,
 }
 
 struct Topic {
@@ -39,25 +55,80 @@ struct Topic {
 
 impl MemoryBus {
     /// A bus whose subscribers may each fall `send_queue` events behind before they are told
-    /// they missed some. It counts no gaps; see [`MemoryBus::with_metrics`].
+    /// they missed some, keeping the default `streams.maxlen` events over all topics. It counts
+    /// no gaps; see [`MemoryBus::with_metrics`].
     pub fn new(replay_limit: usize, send_queue: usize) -> Self {
-        Self::build(replay_limit, send_queue, None)
+        let maxlen = Streams::default().maxlen as usize;
+        Self::build(replay_limit, maxlen, send_queue, None)
     }
 
-    /// The same, counting gaps in `bus_gaps`.
-    pub fn with_metrics(replay_limit: usize, send_queue: usize, metrics: Arc<Metrics>) -> Self {
-        Self::build(replay_limit, send_queue, Some(metrics))
+    /// The bus of `streams`, counting gaps in `bus_gaps` and what it keeps in
+    /// `bus_retained_events` and `topics_active`.
+    pub fn with_metrics(streams: &Streams, send_queue: usize, metrics: Arc<Metrics>) -> Self {
+        let (replay_limit, maxlen) = (streams.replay_limit as usize, streams.maxlen as usize);
+        Self::build(replay_limit, maxlen, send_queue, Some(metrics))
     }
 
-    fn build(replay_limit: usize, send_queue: usize, metrics: Option<Arc<Metrics>>) -> Self {
+    fn build(
+        replay_limit: usize,
+        maxlen: usize,
+        send_queue: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 last_id: EventId { ms: 0, seq: 0 },
                 topics: HashMap::new(),
+                kept: VecDeque::new(),
+                forgotten: None,
             }),
             fanout: Fanout::new(1, send_queue, metrics.clone()),
             replay_limit: replay_limit.max(1),
+            maxlen: maxlen.max(1),
             metrics,
+        }
+    }
+}
+
+impl Inner {
+    /// Keeps `event` for resuming subscribers, forgetting the oldest events past the bounds.
+    fn keep(&mut self, event: &Arc<Event>, replay_limit: usize, maxlen: usize) {
+        // A topic that comes back after being forgotten cannot vouch for what it had before.
+        let forgotten = self.forgotten;
+        let state = self
+            .topics
+            .entry(event.topic.clone())
+            .or_insert_with(|| Topic {
+                ring: VecDeque::new(),
+                evicted: forgotten,
+            });
+        state.ring.push_back(event.clone());
+        if state.ring.len() > replay_limit {
+            state.evicted = state.ring.pop_front().map(|e| e.id);
+        }
+        self.kept.push_back(event.clone());
+        while self.kept.len() > maxlen {
+            let Some(oldest) = self.kept.pop_front() else {
+                break;
+            };
+            let Some(state) = self.topics.get_mut(&oldest.topic) else {
+                continue;
+            };
+            // Ids grow across topics, so the oldest kept event is its ring's front, unless the
+            // ring pushed it out already.
+            if state.ring.front().is_some_and(|e| e.id == oldest.id) {
+                state.ring.pop_front();
+                state.evicted = Some(oldest.id);
+                if state.ring.is_empty() {
+                    self.topics.remove(&oldest.topic);
+                    self.forgotten = self.forgotten.max(Some(oldest.id));
+                }
+            }
+        }
+        // Give memory back after a burst of topics, not on every publish.
+        let (len, capacity) = (self.topics.len(), self.topics.capacity());
+        if capacity > 64 && len * 4 < capacity {
+            self.topics.shrink_to(len * 2);
         }
     }
 }
@@ -84,18 +155,14 @@ impl Bus for MemoryBus {
         inner.last_id = id;
         let event = Arc::new(Event {
             id,
-            topic: topic.clone(),
+            topic,
             kind,
             payload,
             published_at: now,
         });
-        let state = inner.topics.entry(topic).or_insert_with(|| Topic {
-            ring: VecDeque::new(),
-            evicted: None,
-        });
-        state.ring.push_back(event.clone());
-        if state.ring.len() > self.replay_limit {
-            state.evicted = state.ring.pop_front().map(|e| e.id);
+        inner.keep(&event, self.replay_limit, self.maxlen);
+        if let Some(metrics) = &self.metrics {
+            metrics.bus_retained_events.set(inner.kept.len() as i64);
         }
         // Still under the lock, so no subscriber joins between the ring and the delivery.
         self.fanout.deliver(0, &event);
@@ -109,18 +176,27 @@ impl Bus for MemoryBus {
         after: Option<EventId>,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
         let inner = self.inner.lock().expect("bus lock poisoned");
+        if let Some(after) = after {
+            let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+            if after.unknown(inner.last_id, now_ms) {
+                return Box::pin(async move { Err(BusError::UnknownAfter(after)) });
+            }
+        }
         let member = self.fanout.join(0, &topic);
         let mut replay = Vec::new();
         let mut last = after;
-        if let (Some(after), Some(state)) = (after, inner.topics.get(&topic)) {
-            if state.evicted.is_some_and(|evicted| evicted > after) {
+        if let Some(after) = after {
+            let state = inner.topics.get(&topic);
+            let evicted = state.map_or(inner.forgotten, |state| state.evicted);
+            if evicted.is_some_and(|evicted| evicted > after) {
                 if let Some(metrics) = &self.metrics {
                     let cause = GapCause::ReplayWindow.label();
                     metrics.bus_gaps.with_label_values(&[cause]).inc();
                 }
                 replay.push(Delivery::Gap { after: Some(after) });
             }
-            for event in state.ring.iter().filter(|e| e.id > after) {
+            let ring = state.map(|state| state.ring.iter()).into_iter().flatten();
+            for event in ring.filter(|e| e.id > after) {
                 last = Some(event.id);
                 replay.push(Delivery::Event(event.clone()));
             }
@@ -174,7 +250,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_gets_one_gap_and_others_get_everything() {
         let metrics = Arc::new(Metrics::new("test"));
-        let bus = MemoryBus::with_metrics(10, 2, metrics.clone());
+        let bus = MemoryBus::build(10, 10_000, 2, Some(metrics.clone()));
         let mut slow = bus.subscribe("t".into(), None).await.unwrap();
         let mut fast = bus.subscribe("t".into(), None).await.unwrap();
         for i in 0..4 {
@@ -200,5 +276,29 @@ mod tests {
         drop(sub);
         assert!(!bus.fanout.follows(0, "quiet"));
         assert!(bus.inner.lock().unwrap().topics.is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_is_kept_is_bounded_over_all_topics_and_a_forgotten_topic_resumes_with_a_gap() {
+        let metrics = Arc::new(Metrics::new("test"));
+        let bus = MemoryBus::build(10, 3, 16, Some(metrics.clone()));
+        let first = bus.publish("a".into(), "k".into(), 0.into()).await.unwrap();
+        for n in 0..100 {
+            bus.publish(format!("t{n}"), "k".into(), n.into())
+                .await
+                .unwrap();
+        }
+        assert_eq!(metrics.bus_retained_events.get(), 3);
+        assert_eq!(bus.inner.lock().unwrap().topics.len(), 3);
+        let sub = bus.subscribe("a".into(), Some(first.id)).await.unwrap();
+        bus.publish("a".into(), "k".into(), "live".into())
+            .await
+            .unwrap();
+        let got: Vec<Delivery> = sub.take(2).collect().await;
+        assert_eq!(ids(&got), ["GAP", "\"live\""]);
+        // Events of a kept topic still replay after others were forgotten.
+        let sub = bus.subscribe("t98".into(), Some(first.id)).await.unwrap();
+        let got: Vec<Delivery> = sub.take(2).collect().await;
+        assert_eq!(ids(&got), ["GAP", "98"]);
     }
 }

@@ -6,6 +6,7 @@ mod fanout;
 mod memory;
 mod metered;
 pub mod redis;
+mod replays;
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,11 +19,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::limits::document::Violation;
 use crate::metrics::Metrics;
 
 pub use memory::MemoryBus;
 pub use metered::Metered;
 pub use redis::RedisBus;
+pub use replays::Replays;
 
 /// The bus of this instance: Redis Streams when `REDIS_URL` is set (its readers run until
 /// `shutdown` is cancelled), the in-process bus otherwise.
@@ -46,12 +49,28 @@ pub fn build(
         }
         None => {
             let memory = MemoryBus::with_metrics(
-                config.streams.replay_limit as usize,
+                &config.streams,
                 config.connections.send_queue as usize,
                 metrics.clone(),
             );
             Arc::new(Metered::new(memory, metrics.clone()))
         }
+    })
+}
+
+/// Refuses a topic name longer than `payload.max_topic_bytes` (`max_bytes`), wherever it comes
+/// in, before any other work is spent on it: a topic is hashed, matched against every rule,
+/// stored with each event and kept as a key while followed.
+pub fn check_topic(topic: &str, max_bytes: u32) -> Result<(), Violation> {
+    let measured = topic.len() as u64;
+    if measured <= u64::from(max_bytes) {
+        return Ok(());
+    }
+    Err(Violation {
+        code: "MAX_TOPIC_BYTES_LIMIT",
+        limit: max_bytes.into(),
+        measured,
+        message: format!("the topic is {measured} bytes long; the limit is {max_bytes}"),
     })
 }
 
@@ -73,11 +92,17 @@ impl FromStr for EventId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Digits only: `u64::from_str` also takes a sign, so `+1-0` would name `1-0`.
+        let number = |digits: &str| {
+            let digits = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then_some(digits)?;
+            digits.parse().ok()
+        };
         let parse = || {
             let (ms, seq) = s.split_once('-')?;
             Some(EventId {
-                ms: ms.parse().ok()?,
-                seq: seq.parse().ok()?,
+                ms: number(ms)?,
+                seq: number(seq)?,
             })
         };
         parse()
@@ -109,6 +134,20 @@ pub enum Delivery {
 pub enum BusError {
     #[error("the bus is unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
+    /// A resume `after` an id newer than the topic's stream has, and newer than the bus's clock:
+    /// no event has it, nor can one have it yet, so it names nothing the subscriber was sent.
+    #[error("`{0}` is newer than any event; resume after an event id the server sent")]
+    UnknownAfter(EventId),
+}
+
+impl EventId {
+    /// Whether no event of a stream whose newest id is `last` has or can yet have this id, with
+    /// the bus's clock at `now_ms`. An id at most the clock is not unknown even past `last`:
+    /// it is what a client resuming across a Redis restart (which lost the stream) holds, and it
+    /// gets a `GAP`.
+    pub fn unknown(self, last: EventId, now_ms: u64) -> bool {
+        self > last && self.ms > now_ms
+    }
 }
 
 pub trait Bus: Send + Sync + 'static {
@@ -127,4 +166,30 @@ pub trait Bus: Send + Sync + 'static {
         topic: String,
         after: Option<EventId>,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_id_is_two_plain_numbers_and_an_id_past_the_stream_and_the_clock_is_unknown() {
+        assert_eq!("12-3".parse(), Ok(EventId { ms: 12, seq: 3 }));
+        for bad in [
+            "+1-0",
+            "1-+0",
+            "1-2-3",
+            "-",
+            "1-",
+            " 1-0",
+            "18446744073709551616-0",
+        ] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad}");
+        }
+        let last = EventId { ms: 100, seq: 0 };
+        assert!(!EventId { ms: 100, seq: 0 }.unknown(last, 50));
+        assert!(EventId { ms: 101, seq: 0 }.unknown(last, 100));
+        // Past the stream but not the clock: a stream Redis lost.
+        assert!(!EventId { ms: 101, seq: 0 }.unknown(last, 200));
+    }
 }

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::units::Duration;
+use super::units::{ByteSize, Duration};
 
 /// Who may subscribe to and publish on which topics.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
@@ -143,13 +143,37 @@ pub struct Streams {
     /// third of it, so it is at least `3s`. Default `30s`. Read at startup.
     #[validate(range(min = Duration::secs(3), max = Duration::hours(1)))]
     pub presence_ttl: Duration,
-    /// Events kept per stream (approximate trimming). Default `10000`.
+    /// Events kept per stream (approximate trimming). Default `10000`. Without Redis, the
+    /// events the in-process bus keeps over all topics together, the oldest forgotten first
+    /// (`palisade_bus_retained_events`).
     #[validate(range(min = 1, max = 1_000_000))]
     pub maxlen: u32,
     /// Most events replayed to a subscriber resuming with `after`. Default `1000`; when more were
     /// missed, the subscriber gets a `GAP` event first.
     #[validate(range(min = 1, max = 100_000))]
     pub replay_limit: u32,
+    /// Most bytes (topic, type and payload text) one replay reads back from Redis and holds
+    /// before they go out. Default `256KiB`, from `1KiB` to `64MiB`; when the missed events are more,
+    /// only the newest that fit are replayed, after a `GAP` event. Read at startup.
+    #[validate(range(min = ByteSize::kib(1), max = ByteSize::mib(64)))]
+    pub replay_bytes: ByteSize,
+    /// Replays (resumes with `after`) one instance runs at once. Default `32`, at most `4096`;
+    /// more resumes wait their turn, in order, and publishes never wait behind them (they have
+    /// a Redis connection of their own). Read at startup.
+    #[validate(range(min = 1, max = 4096))]
+    pub max_replays: u32,
+    /// Replays one connection runs at once. Default `4`, at most `256`; its further resumes
+    /// wait for one of them to finish. With `replay_bytes`, a connection's replays hold at most
+    /// `4 × 256KiB = 1MiB` by default. Read at startup.
+    #[validate(range(min = 1, max = 256))]
+    pub max_replays_per_connection: u32,
+    /// Presence joins and leaves waiting for the presence worker. Default `4096`, at most
+    /// `1000000`; when it is full, a new subscription starts at once without being shown as
+    /// present (counted in `palisade_presence_queue_dropped_total`). Leaves are always queued,
+    /// so a subscription that was shown as present is never left online; they are at most one
+    /// per subscription that joined. Read at startup.
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub presence_queue: u32,
 }
 
 impl Default for Streams {
@@ -160,6 +184,10 @@ impl Default for Streams {
             presence_ttl: Duration::secs(30),
             maxlen: 10_000,
             replay_limit: 1_000,
+            replay_bytes: ByteSize::kib(256),
+            max_replays: 32,
+            max_replays_per_connection: 4,
+            presence_queue: 4096,
         }
     }
 }

@@ -225,6 +225,12 @@ pub struct Payload {
     /// (`MAX_INPUT_NESTING_LIMIT`).
     #[validate(range(min = 1, max = 128))]
     pub max_input_nesting: u32,
+    /// Longest topic name accepted, in bytes of UTF-8, wherever a topic comes in (the `topic`
+    /// argument of `events`, `presence` and `publish`, and `POST /api/publish`). Default `256`,
+    /// at most `65536`; a longer one is refused with `MAX_TOPIC_BYTES_LIMIT` (with `limit` and
+    /// `measured`) before the topic rules or the bus see it.
+    #[validate(range(min = 1, max = 65536))]
+    pub max_topic_bytes: u32,
     /// Whether introspection queries are answered. Default `true`; turn it off in production.
     pub introspection: bool,
     /// Whether errors suggest similar field names ("did you mean …"). Default `false`.
@@ -257,6 +263,7 @@ impl Default for Payload {
             max_root_fields: 20,
             max_directives: 50,
             max_input_nesting: 32,
+            max_topic_bytes: 256,
             introspection: true,
             field_suggestions: false,
             content: Content::default(),

@@ -14,7 +14,7 @@ use async_graphql::{Context, ErrorExtensions, Schema};
 
 use crate::audit::{Audit, Entry};
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, Delivery, EventId};
+use crate::bus::{Bus, BusError, Delivery, EventId, Replays};
 use crate::config::{Config, LiveConfig};
 use crate::db::Database;
 use crate::error::Error;
@@ -63,14 +63,16 @@ pub struct Caller {
     pub connection: Option<ConnectionHandle>,
 }
 
-/// Checks a topic rule for the caller; a denial is audited and answered with FORBIDDEN on this
-/// operation only. Returns whether the topic is a system topic.
+/// Checks the topic's length and its rule for the caller; a denial is audited and answered with
+/// FORBIDDEN on this operation only. Returns whether the topic is a system topic.
 pub async fn authorize(
     ctx: &Context<'_>,
     topic: &str,
     action: Action,
 ) -> async_graphql::Result<bool> {
     let config = ctx.data_unchecked::<LiveConfig>().load();
+    crate::bus::check_topic(topic, config.payload.max_topic_bytes)
+        .map_err(|violation| Error::Limit(violation).extend())?;
     let db = ctx.data_unchecked::<Database>();
     let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
     let decision = topics::check(&config.topics, db, caller.identity.as_ref(), topic, action).await;
@@ -108,10 +110,24 @@ pub async fn follow(
         .map_err(|e| Error::BadUserInput(e).extend())?;
     authorize(ctx, topic, Action::Subscribe).await?;
     let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
+    // Held while the missed events are read back; they are handed over when `subscribe` returns.
+    let replaying = match after {
+        Some(_) => {
+            let connection = ctx
+                .data_opt::<Caller>()
+                .and_then(|c| c.connection_id.as_deref());
+            Some(ctx.data_unchecked::<Arc<Replays>>().admit(connection).await)
+        }
+        None => None,
+    };
     let deliveries = bus
         .subscribe(topic.to_string(), after)
         .await
-        .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
+        .map_err(|e| match e {
+            BusError::UnknownAfter(_) => Error::BadUserInput(e.to_string()).extend(),
+            BusError::Unavailable(_) => Error::BusUnavailable(e.into()).extend(),
+        })?;
+    drop(replaying);
     Ok(presence::held(
         deliveries,
         presence::enter(ctx, topic).await,
@@ -161,6 +177,7 @@ pub fn build(services: Services) -> AppSchema {
         .data(audit)
         .data(instance)
         .data(presence)
+        .data(Replays::new(&config.streams, &metrics))
         .extension(observe::Observe(metrics))
         .extension(guard)
         // Depth and complexity are measured here but judged by the guard, which reports them

@@ -19,6 +19,7 @@
 
 mod log;
 mod memory;
+mod queue;
 mod redis;
 mod sweep;
 mod view;
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub use self::view::View;
@@ -192,7 +193,7 @@ pub struct Setup<'a> {
 
 /// The handle resolvers use.
 pub struct Presence {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: queue::Sender,
     store: Arc<Store>,
 }
 
@@ -225,16 +226,14 @@ impl Presence {
                 setup.shutdown,
             ));
         }
-        // Unbounded because a `Guard` sends its exit from `Drop`, which cannot wait, and a lost
-        // exit would keep a connection online forever; each live subscription has at most one
-        // enter and one exit queued, so the subscription limits bound it.
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = queue::channel(setup.streams.presence_queue as usize, &setup.metrics);
         tokio::spawn(worker::run(rx, store.clone(), reporter, ttl / 3));
         Ok(Arc::new(Self { tx, store }))
     }
 
     /// Marks `connection` of `user` present on `topic` until the guard is dropped. Waits (at most
-    /// [`ENTER_WAIT`]) until the join is recorded.
+    /// [`ENTER_WAIT`]) until the join is recorded; not at all when the presence queue is full,
+    /// and the connection is then not shown as present.
     pub async fn enter(&self, topic: &str, user: &str, connection: &str) -> Guard {
         let entry = Entry {
             topic: topic.to_string(),
@@ -242,14 +241,16 @@ impl Presence {
             user: user.to_string(),
         };
         let (done, recorded) = oneshot::channel();
-        let sent = self.tx.send(Command::Enter(entry.clone(), done)).is_ok();
+        let sent = self.tx.offer(Command::Enter(entry.clone(), done));
         // Made before waiting: if the subscription is dropped while it waits, the guard still
         // sends the exit that balances the enter.
         let guard = Guard {
             tx: self.tx.clone(),
             entry: sent.then_some(entry),
         };
-        let _ = tokio::time::timeout(ENTER_WAIT, recorded).await;
+        if sent {
+            let _ = tokio::time::timeout(ENTER_WAIT, recorded).await;
+        }
         guard
     }
 
@@ -265,7 +266,7 @@ impl Presence {
     /// for the presence log to be written.
     pub async fn stop(&self) {
         let (done, stopped) = oneshot::channel();
-        if self.tx.send(Command::Stop(done)).is_ok() {
+        if self.tx.push(Command::Stop(done)) {
             let _ = stopped.await;
         }
     }
@@ -273,7 +274,7 @@ impl Presence {
 
 /// Keeps a connection present on a topic; dropping it leaves.
 pub struct Guard {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: queue::Sender,
     entry: Option<Entry>,
 }
 
@@ -281,7 +282,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
             // Fails only once the worker stopped at shutdown, when leaving no longer matters.
-            let _ = self.tx.send(Command::Exit(entry));
+            self.tx.push(Command::Exit(entry));
         }
     }
 }

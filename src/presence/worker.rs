@@ -10,10 +10,11 @@ use std::collections::hash_map::Entry as Slot;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 use super::log::{LogRow, Status};
+use super::queue::Receiver;
 use super::{Change, Entry, Op, Outcome, Store, Transition, bus_topic, timestamp};
 use crate::bus::Bus;
 use crate::writer::Writer;
@@ -109,7 +110,7 @@ struct Local {
 
 /// Runs until [`Command::Stop`], or until every handle is gone.
 pub async fn run(
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: Receiver,
     store: Arc<Store>,
     reporter: Arc<Reporter>,
     refresh_every: Duration,
@@ -125,8 +126,8 @@ pub async fn run(
                 let mut batch = vec![command];
                 while batch.len() < BATCH {
                     match rx.try_recv() {
-                        Ok(command) => batch.push(command),
-                        Err(_) => break,
+                        Some(command) => batch.push(command),
+                        None => break,
                     }
                 }
                 if step(&mut local, batch, &store, &reporter).await {

@@ -47,6 +47,19 @@ pub fn topic(entry: &StreamId) -> Result<&str, Malformed> {
     text(entry, "topic")
 }
 
+/// The bytes of the entry's field values: what holding it, or sending it on, costs.
+pub fn size(entry: &StreamId) -> usize {
+    entry
+        .map
+        .values()
+        .map(|value| match value {
+            Value::BulkString(bytes) => bytes.len(),
+            Value::SimpleString(text) => text.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// The whole event; parsing the payload is left to here, for entries someone follows.
 pub fn event(entry: &StreamId) -> Result<Event, Malformed> {
     let id = id(entry)?;

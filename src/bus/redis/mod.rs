@@ -36,7 +36,10 @@
 //! per subscriber: one that falls `connections.send_queue` events behind gets a `GAP`). A
 //! subscriber resuming with `after` gets the missed events read back from its topic's stream
 //! (`replay.rs`); `after` must be an id of that topic (or `0-0`: whatever is still kept),
-//! otherwise the resume starts with a `GAP`.
+//! otherwise the resume starts with a `GAP`. A replay holds at most `streams.replay_limit` events
+//! and `streams.replay_bytes` bytes, and replays go over a Redis connection of their own, so a
+//! resume storm (every client of an instance coming back after a deploy) never delays a publish;
+//! how many run at once is bounded by [`crate::bus::Replays`].
 //!
 //! # Redis failures
 //!
@@ -102,8 +105,11 @@ pub fn epoch_key(key_prefix: &str) -> String {
 }
 
 pub struct RedisBus {
-    /// Shared, multiplexed: publishes and replays (short commands only, never a blocking read).
+    /// Shared, multiplexed, for publishes only: a command queues behind every command sent on
+    /// the connection before it, so nothing slow (a replay's pages) may share it.
     conn: ConnectionManager,
+    /// Shared, multiplexed, for replays: a resume storm queues here, never in front of publishes.
+    replays: ConnectionManager,
     fanout: Arc<Fanout>,
     /// Per shard: true once its reader knows its place in the stream; before, a new subscriber
     /// could miss what is published while the reader connects.
@@ -112,7 +118,7 @@ pub struct RedisBus {
     key_prefix: String,
     shards: u32,
     maxlen: u32,
-    replay_limit: usize,
+    replay: replay::Bounds,
 }
 
 impl RedisBus {
@@ -128,14 +134,18 @@ impl RedisBus {
         let streams = &config.streams;
         // Commands wait for a reconnection in progress: one retry (not the default six, over
         // seconds) lets a publish during an outage fail fast; the next command tries again.
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_number_of_retries(1)
-                .set_connection_timeout(Some(REDIS_TIMEOUT))
-                .set_response_timeout(Some(REDIS_TIMEOUT)),
-        )
-        .context("setting up the bus's Redis connection")?;
+        let connection = |response_timeout| {
+            ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout)),
+            )
+            .context("setting up the bus's Redis connection")
+        };
+        let conn = connection(REDIS_TIMEOUT)?;
+        let replays = connection(REPLAY_TIMEOUT)?;
         let fanout = Fanout::new(
             streams.shards as usize,
             config.connections.send_queue as usize,
@@ -159,13 +169,17 @@ impl RedisBus {
         }
         Ok(Self {
             conn,
+            replays,
             fanout,
             positioned,
             metrics,
             key_prefix: streams.key_prefix.clone(),
             shards: streams.shards,
             maxlen: streams.maxlen,
-            replay_limit: streams.replay_limit.max(1) as usize,
+            replay: replay::Bounds {
+                events: streams.replay_limit.max(1) as usize,
+                bytes: streams.replay_bytes.bytes(),
+            },
         })
     }
 
@@ -246,13 +260,14 @@ impl Bus for RedisBus {
                 return Ok(member.live(None, None).boxed());
             };
             let key = stream_key(&self.key_prefix, shard as u32);
-            let mut conn = self.conn.clone();
-            let replay = replay::read(&mut conn, &key, &topic, after, self.replay_limit);
+            let mut conn = self.replays.clone();
+            let replay = replay::read(&mut conn, &key, &topic, after, self.replay);
             let replay = tokio::time::timeout(REPLAY_TIMEOUT, replay)
                 .await
                 .context("Redis did not answer in time")
                 .and_then(|r| r)
-                .map_err(BusError::Unavailable)?;
+                .map_err(BusError::Unavailable)?
+                .map_err(BusError::UnknownAfter)?;
             let (first, seam) = replay.into_deliveries(after, &self.metrics);
             let live = member.live(Some(seam), Some(seam));
             Ok(stream::iter(first).chain(live).boxed())

@@ -12,13 +12,15 @@ use crate::bus::fanout::GapCause;
 use crate::bus::{Delivery, Event, EventId};
 use crate::metrics::Metrics;
 
-/// Entries fetched per round trip while scanning back.
+/// Most entries fetched per round trip while scanning back.
 const PAGE: usize = 512;
+/// Fewest: a page of big entries costs memory, a page of one entry a round trip per entry.
+const MIN_PAGE: usize = 16;
 
 pub struct Replay {
-    /// Events may have been missed before `events`: more than the limit, or trimmed.
+    /// Events may have been missed before `events`: more than the bounds, or trimmed.
     pub gap: bool,
-    /// The topic's newest events after `after` (at most the limit), oldest first.
+    /// The topic's newest events after `after` (within the bounds), oldest first.
     pub events: Vec<Arc<Event>>,
 }
 
@@ -37,38 +39,72 @@ impl Replay {
     }
 }
 
-/// The newest `limit` events of `topic` after `after` in stream `key`. The scan goes from the
-/// newest entry back, so it stops as soon as it has one event more than it can replay, and it is
-/// bounded by the stream's length (`streams.maxlen`) otherwise.
+/// What one replay may hold: `streams.replay_limit` events and `streams.replay_bytes` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// The newest events of `topic` after `after` in stream `key`, within `bounds`, or `Err(after)`
+/// when `after` is [unknown](EventId::unknown) to the stream. The scan goes
+/// from the newest entry back, so it stops as soon as it has one event more than it can replay,
+/// and it is bounded by the stream's length (`streams.maxlen`) otherwise. Pages shrink when the
+/// shard's entries are big, so a page holds about as much as the replay may (other topics'
+/// entries included), however large the entries are.
 #[tracing::instrument(skip(conn))]
 pub async fn read(
     conn: &mut impl ConnectionLike,
     key: &str,
     topic: &str,
     after: EventId,
-    limit: usize,
-) -> anyhow::Result<Replay> {
+    bounds: Bounds,
+) -> anyhow::Result<Result<Replay, EventId>> {
+    // Before the scan: an exclusive range from past the largest id is an error in Redis.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .context("reading the Redis clock")?;
+    let now_ms = secs * 1000 + micros / 1000;
+    if after.ms > now_ms {
+        let last = info::fetch(conn, key)
+            .await?
+            .unwrap_or_default()
+            .last_generated;
+        if after.unknown(last, now_ms) {
+            return Ok(Err(after));
+        }
+    }
     let mut newest_first = Vec::new();
+    let mut held = 0;
     let mut too_many = false;
     let mut upper = "+".to_string();
+    let mut count = MIN_PAGE;
     'scan: loop {
         let page: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(key)
             .arg(&upper)
             .arg(format!("({after}"))
             .arg("COUNT")
-            .arg(PAGE)
+            .arg(count)
             .query_async(conn)
             .await
             .with_context(|| format!("XREVRANGE of {key}"))?;
-        let exhausted = page.ids.len() < PAGE;
+        let exhausted = page.ids.len() < count;
+        let page_bytes: usize = page.ids.iter().map(entry::size).sum();
+        let per_entry = (page_bytes / page.ids.len().max(1)).max(1);
+        count = (bounds.bytes / per_entry).clamp(MIN_PAGE, PAGE);
         for item in page.ids {
             upper = format!("({}", item.id);
             if entry::topic(&item).ok() != Some(topic) {
                 continue;
             }
+            let size = entry::size(&item);
             match entry::event(&item) {
-                Ok(event) if newest_first.len() < limit => newest_first.push(Arc::new(event)),
+                Ok(event) if newest_first.len() < bounds.events && held + size <= bounds.bytes => {
+                    held += size;
+                    newest_first.push(Arc::new(event));
+                }
                 Ok(_) => {
                     too_many = true;
                     break 'scan;
@@ -86,8 +122,8 @@ pub async fn read(
     // last, so only metadata from after it can vouch for them.
     let info = info::fetch(conn, key).await?;
     newest_first.reverse();
-    Ok(Replay {
+    Ok(Ok(Replay {
         gap: too_many || info::resume_misses(info.as_ref(), after),
         events: newest_first,
-    })
+    }))
 }
