@@ -240,6 +240,9 @@ impl Connection {
             .ws_bytes
             .with_label_values(&["in"])
             .inc_by(raw.len() as u64);
+        if !self.screen(raw, operations) {
+            return;
+        }
         let Ok(message) = ClientMessage::from_bytes(raw) else {
             return self
                 .outbox
