@@ -54,6 +54,11 @@ pub struct Metrics {
     pub presence_log_dropped: IntCounter,
     /// 1 when the last `/readyz` found every dependency reachable, else 0.
     pub ready: IntGauge,
+    /// A connection's queued outgoing bytes, observed each time a message is queued. A histogram
+    /// rather than a gauge of the largest queue: each connection records its own size with no
+    /// shared maximum to maintain or scan at scrape time, it sums across instances, and the
+    /// buckets at and below `connections.send_queue_bytes` show how close queues come to it.
+    pub send_queue_bytes: Histogram,
 }
 
 /// Prepended to every metric name at export.
@@ -241,6 +246,18 @@ impl Metrics {
                 r,
                 IntGauge::new("ready", "1 when the last readiness probe passed")
                     .expect("static metric definition"),
+            ),
+            send_queue_bytes: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "send_queue_bytes",
+                        "Queued outgoing bytes of a connection, each time a message is queued",
+                    )
+                    // 1 KiB to 64 MiB, ×4 per bucket: the range of connections.send_queue_bytes.
+                    .buckets(exponential_buckets(1024.0, 4.0, 9).expect("static buckets")),
+                )
+                .expect("static metric definition"),
             ),
             names: catalog.names.take(),
             registry: catalog.registry,

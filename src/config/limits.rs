@@ -39,6 +39,23 @@ pub struct Connections {
     /// fill is closed with 4503 (slow consumer), so it never slows anyone else.
     #[validate(range(min = 1))]
     pub send_queue: u32,
+    /// Bytes of outgoing messages queued for one connection, counted until each is written to the
+    /// socket. Default `1MiB`, from `64KiB` to `64MiB`; a message that would take the queue past it
+    /// closes the connection with 4503 (slow consumer), as a full `send_queue` does. A single message
+    /// larger than this always closes, so keep it above the largest result a client may receive.
+    #[validate(custom(function = "send_queue_bytes_range"))]
+    pub send_queue_bytes: ByteSize,
+}
+
+/// `send_queue_bytes` must hold a few messages of `payload.max_message_bytes`' default size (a
+/// pong echoes its ping), and stay a bound worth having.
+fn send_queue_bytes_range(size: &ByteSize) -> Result<(), validator::ValidationError> {
+    let (min, max) = (ByteSize::kib(64), ByteSize::kib(64 * 1024));
+    if (min..=max).contains(size) {
+        return Ok(());
+    }
+    Err(validator::ValidationError::new("range")
+        .with_message(format!("`{size}` is out of range: from {min} to {max}").into()))
 }
 
 impl Default for Connections {
@@ -53,6 +70,7 @@ impl Default for Connections {
             pong_timeout: Duration::secs(20),
             max_operations: 100,
             send_queue: 1024,
+            send_queue_bytes: ByteSize::kib(1024),
         }
     }
 }

@@ -37,6 +37,11 @@ const CLOSE_ANSWER: Duration = Duration::from_secs(2);
 /// the subscription carrying it gets to deliver it first.
 const NOTICE_GRACE: Duration = Duration::from_millis(250);
 
+/// Pings answered before `connection_ack`. The stock client pings only once acknowledged; a client
+/// that pings on before then is flooding pongs into a queue it may never read, so it is closed
+/// (4429, as for a repeated init).
+const PINGS_BEFORE_ACK: u32 = 3;
+
 /// What the upgrade request told us about the client.
 pub struct Peer {
     pub ip: String,
@@ -66,11 +71,8 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     state.metrics.connections_active.inc();
     let opened_at = Instant::now();
     let (sink, mut stream) = socket.split();
-    let (outbox, closing, writer) = Outbox::start(
-        sink,
-        state.config.connections.send_queue as usize,
-        state.metrics.clone(),
-    );
+    let (outbox, closing, writer) =
+        Outbox::start(sink, &state.config.connections, state.metrics.clone());
     let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
     let mut connection = Connection {
         state: state.clone(),
@@ -84,6 +86,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         user_slot: None,
         lifetime: Lifetime::none(),
         close_at: None,
+        early_pings: 0,
     };
     let close = connection.run(&mut stream, closing, control).await;
     // Dropping the connection releases the outbox (its operations were aborted when `run`
@@ -134,6 +137,8 @@ pub(super) struct Connection {
     pub(super) lifetime: Lifetime,
     /// A close announced by a notice, due after `NOTICE_GRACE`.
     pub(super) close_at: Option<(Instant, Close)>,
+    /// Pings answered before `connection_ack`, bounded by `PINGS_BEFORE_ACK`.
+    pub(super) early_pings: u32,
 }
 
 impl Connection {
@@ -261,6 +266,15 @@ impl Connection {
                 .outbox
                 .close(Close::new(code::NORMAL, "Terminated by client")),
             ClientMessage::Ping { payload } => {
+                if self.identity.is_none() {
+                    self.early_pings += 1;
+                    if self.early_pings > PINGS_BEFORE_ACK {
+                        return self.outbox.close(Close::new(
+                            code::TOO_MANY_INIT,
+                            "Too many pings before connection_ack",
+                        ));
+                    }
+                }
                 self.outbox.text(protocol::pong(payload));
             }
             ClientMessage::Pong { .. } => {}

@@ -1,6 +1,10 @@
 //! The WebSocket transport: queued bytes, pings, close reasons, message types, nesting.
 
+use std::time::Duration;
+
 use serde_json::json;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 
 use crate::helpers::{TestApp, WsClient, spawn_app};
@@ -120,4 +124,82 @@ async fn variables_too_deep_to_parse_refuse_only_their_operation() {
         r#"palisade_payload_rejections_total{limit="MAX_INPUT_NESTING_LIMIT"} 2"#,
     ])
     .await;
+}
+
+/// An acknowledged connection whose socket takes in only a few KiB that it has not read, so what
+/// the server sends it piles up on the server's side.
+async fn acked_with_a_small_window(app: &TestApp, sub: &str) -> WsClient {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let mut request = format!("ws://{}/graphql", app.addr)
+        .into_client_request()
+        .unwrap();
+    let protocol = "graphql-transport-ws".parse().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocol);
+    let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut client = WsClient { stream };
+    let token = app.token(sub);
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+    client.send(init).await;
+    assert_eq!(client.recv().await["type"], "connection_ack");
+    client
+}
+
+/// The value of the sample `name` in a Prometheus exposition.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_4503_before_its_queue_passes_the_byte_bound() {
+    let app = spawn_app().await;
+    let mut client = acked_with_a_small_window(&app, "mallory").await;
+    // Each ping makes the server queue a pong as large; 200 of them are 12 MB, which the message
+    // bound (1024) alone would let the server hold.
+    let ping = json!({ "type": "ping", "payload": { "p": "x".repeat(60_000) } });
+    for _ in 0..200 {
+        let sent = tokio::time::timeout(Duration::from_secs(2), client.send(ping.clone())).await;
+        if sent.is_err() {
+            break; // the server stopped reading: it has decided to close
+        }
+    }
+    assert_eq!(client.closed().await.0, 4503);
+    let text = app.metrics_text().await;
+    let bound = "1048576"; // connections.send_queue_bytes, 1 MiB by default
+    let count = sample(&text, "palisade_send_queue_bytes_count");
+    let within = sample(
+        &text,
+        &format!(r#"palisade_send_queue_bytes_bucket{{le="{bound}"}}"#),
+    );
+    let small = sample(&text, r#"palisade_send_queue_bytes_bucket{le="262144"}"#);
+    assert_eq!(within, count, "no queued size above the bound");
+    assert!(
+        small < count,
+        "the queue grew past 256 KiB before the close"
+    );
+}
+
+#[tokio::test]
+async fn pings_before_connection_ack_are_answered_a_few_times_then_closed_with_4429() {
+    let app = spawn_app().await;
+    let mut client = app.ws("graphql-transport-ws").await;
+    for _ in 0..10 {
+        client.send(json!({ "type": "ping" })).await;
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match client.next_frame().await {
+            Message::Text(text) if text.contains("pong") => pongs += 1,
+            Message::Close(Some(frame)) => break u16::from(frame.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((pongs, code), (3, 4429));
 }
