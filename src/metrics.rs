@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Upgrades by outcome: accepted, auth_failed, origin_rejected, limit_rejected,
     /// protocol_rejected.
     pub connections_total: IntCounterVec,
+    /// Closes by the code the server sent (a code of `transport::protocol::code`), or `client`
+    /// for every close the client started, whatever code it chose.
     pub closes_total: IntCounterVec,
     /// Operations by type (query, mutation, subscription, unknown) and outcome (ok, error, rejected).
     pub operations_total: IntCounterVec,
@@ -129,7 +131,7 @@ impl Metrics {
             closes_total: counter_vec(
                 r,
                 "connection_closes_total",
-                "WebSocket closes by close code",
+                "WebSocket closes by the close code the server sent, or `client` when the client closed",
                 &["code"],
             ),
             operations_total: counter_vec(

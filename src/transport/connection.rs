@@ -93,7 +93,8 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     // returned) and its registry slots, so the writer ends once it has sent the close frame.
     drop(connection);
     let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
-    if close.code != code::ABNORMAL && !close.reason.starts_with(CLIENT_CLOSED) {
+    let by_client = close.reason.starts_with(CLIENT_CLOSED);
+    if close.code != code::ABNORMAL && !by_client {
         // We closed: wait for the client's close frame, completing the handshake, so clients see a
         // clean close with our code rather than a dropped connection.
         let answered = async {
@@ -110,10 +111,17 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         .metrics
         .connection_seconds
         .observe(opened_at.elapsed().as_secs_f64());
+    // A client may close with any code it likes; as a label that would be a series per code it
+    // picks, so its closes share one.
+    let label = if by_client {
+        "client".to_string()
+    } else {
+        close.code.to_string()
+    };
     state
         .metrics
         .closes_total
-        .with_label_values(&[&close.code.to_string()])
+        .with_label_values(&[&label])
         .inc();
     tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
     if let Err(error) = connlog::closed(&state.db, &id, close.code, &close.reason).await {

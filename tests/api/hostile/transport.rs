@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Message};
 
 use crate::helpers::{TestApp, WsClient, spawn_app};
 
@@ -202,4 +202,28 @@ async fn pings_before_connection_ack_are_answered_a_few_times_then_closed_with_4
         }
     };
     assert_eq!((pongs, code), (3, 4429));
+}
+
+#[tokio::test]
+async fn codes_a_client_closes_with_share_one_client_label() {
+    let app = spawn_app().await;
+    for code in 4900..4940u16 {
+        let mut client = app.ws("graphql-transport-ws").await;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        };
+        client.send_raw(Message::Close(Some(frame))).await;
+    }
+    let wanted = r#"palisade_connection_closes_total{code="client"} 40"#;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = app.metrics_text().await;
+        if text.lines().any(|line| line == wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.lines().any(|line| line == wanted), "{text}");
+    assert!(!text.contains(r#"code="49"#), "{text}");
 }
