@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Upgrades by outcome: accepted, auth_failed, origin_rejected, limit_rejected,
     /// protocol_rejected.
     pub connections_total: IntCounterVec,
+    /// Closes by the code the server sent (a code of `transport::protocol::code`), or `client`
+    /// for every close the client started, whatever code it chose.
     pub closes_total: IntCounterVec,
     /// Operations by type (query, mutation, subscription, unknown) and outcome (ok, error, rejected).
     pub operations_total: IntCounterVec,
@@ -67,6 +69,11 @@ pub struct Metrics {
     /// Presence joins not queued because the queue was full (those subscriptions are not shown
     /// as present).
     pub presence_queue_dropped: IntCounter,
+    /// A connection's queued outgoing bytes, observed each time a message is queued. A histogram
+    /// rather than a gauge of the largest queue: each connection records its own size with no
+    /// shared maximum to maintain or scan at scrape time, it sums across instances, and the
+    /// buckets at and below `connections.send_queue_bytes` show how close queues come to it.
+    pub send_queue_bytes: Histogram,
 }
 
 /// Prepended to every metric name at export.
@@ -144,7 +151,7 @@ impl Metrics {
             closes_total: counter_vec(
                 r,
                 "connection_closes_total",
-                "WebSocket closes by close code",
+                "WebSocket closes by the close code the server sent, or `client` when the client closed",
                 &["code"],
             ),
             operations_total: counter_vec(
@@ -286,6 +293,18 @@ impl Metrics {
                 r,
                 "presence_queue_dropped_total",
                 "Presence joins dropped because the presence queue was full",
+            ),
+            send_queue_bytes: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "send_queue_bytes",
+                        "Queued outgoing bytes of a connection, each time a message is queued",
+                    )
+                    // 1 KiB to 64 MiB, ×4 per bucket: the range of connections.send_queue_bytes.
+                    .buckets(exponential_buckets(1024.0, 4.0, 9).expect("static buckets")),
+                )
+                .expect("static metric definition"),
             ),
             names: catalog.names.take(),
             registry: catalog.registry,

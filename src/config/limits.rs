@@ -41,6 +41,12 @@ pub struct Connections {
     /// fill is closed with 4503 (slow consumer), so it never slows anyone else.
     #[validate(range(min = 1, max = 65_536))]
     pub send_queue: u32,
+    /// Bytes of outgoing messages queued for one connection, counted until each is written to the
+    /// socket. Default `1MiB`, from `64KiB` to `64MiB`; a message that would take the queue past it
+    /// closes the connection with 4503 (slow consumer), as a full `send_queue` does. A single message
+    /// larger than this always closes, so keep it above the largest result a client may receive.
+    #[validate(range(min = ByteSize::kib(64), max = ByteSize::mib(64)))]
+    pub send_queue_bytes: ByteSize,
 }
 
 impl Default for Connections {
@@ -55,6 +61,7 @@ impl Default for Connections {
             pong_timeout: Duration::secs(20),
             max_operations: 100,
             send_queue: 1024,
+            send_queue_bytes: ByteSize::kib(1024),
         }
     }
 }

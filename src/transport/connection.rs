@@ -37,6 +37,11 @@ const CLOSE_ANSWER: Duration = Duration::from_secs(2);
 /// the subscription carrying it gets to deliver it first.
 const NOTICE_GRACE: Duration = Duration::from_millis(250);
 
+/// Pings answered before `connection_ack`. The stock client pings only once acknowledged; a client
+/// that pings on before then is flooding pongs into a queue it may never read, so it is closed
+/// (4429, as for a repeated init).
+const PINGS_BEFORE_ACK: u32 = 3;
+
 /// What the upgrade request told us about the client.
 pub struct Peer {
     pub ip: String,
@@ -66,11 +71,8 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     state.metrics.connections_active.inc();
     let opened_at = Instant::now();
     let (sink, mut stream) = socket.split();
-    let (outbox, closing, writer) = Outbox::start(
-        sink,
-        state.config.connections.send_queue as usize,
-        state.metrics.clone(),
-    );
+    let (outbox, closing, writer) =
+        Outbox::start(sink, &state.config.connections, state.metrics.clone());
     let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
     let mut connection = Connection {
         state: state.clone(),
@@ -84,13 +86,15 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         user_slot: None,
         lifetime: Lifetime::none(),
         close_at: None,
+        early_pings: 0,
     };
     let close = connection.run(&mut stream, closing, control).await;
     // Dropping the connection releases the outbox (its operations were aborted when `run`
     // returned) and its registry slots, so the writer ends once it has sent the close frame.
     drop(connection);
     let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
-    if close.code != code::ABNORMAL && !close.reason.starts_with(CLIENT_CLOSED) {
+    let by_client = close.reason.starts_with(CLIENT_CLOSED);
+    if close.code != code::ABNORMAL && !by_client {
         // We closed: wait for the client's close frame, completing the handshake, so clients see a
         // clean close with our code rather than a dropped connection.
         let answered = async {
@@ -107,10 +111,17 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         .metrics
         .connection_seconds
         .observe(opened_at.elapsed().as_secs_f64());
+    // A client may close with any code it likes; as a label that would be a series per code it
+    // picks, so its closes share one.
+    let label = if by_client {
+        "client".to_string()
+    } else {
+        close.code.to_string()
+    };
     state
         .metrics
         .closes_total
-        .with_label_values(&[&close.code.to_string()])
+        .with_label_values(&[&label])
         .inc();
     tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
     if let Err(error) = connlog::closed(&state.db, &id, close.code, &close.reason).await {
@@ -134,6 +145,8 @@ pub(super) struct Connection {
     pub(super) lifetime: Lifetime,
     /// A close announced by a notice, due after `NOTICE_GRACE`.
     pub(super) close_at: Option<(Instant, Close)>,
+    /// Pings answered before `connection_ack`, bounded by `PINGS_BEFORE_ACK`.
+    pub(super) early_pings: u32,
 }
 
 impl Connection {
@@ -240,6 +253,9 @@ impl Connection {
             .ws_bytes
             .with_label_values(&["in"])
             .inc_by(raw.len() as u64);
+        if !self.screen(raw, operations) {
+            return;
+        }
         let Ok(message) = ClientMessage::from_bytes(raw) else {
             return self
                 .outbox
@@ -258,6 +274,15 @@ impl Connection {
                 .outbox
                 .close(Close::new(code::NORMAL, "Terminated by client")),
             ClientMessage::Ping { payload } => {
+                if self.identity.is_none() {
+                    self.early_pings += 1;
+                    if self.early_pings > PINGS_BEFORE_ACK {
+                        return self.outbox.close(Close::new(
+                            code::TOO_MANY_INIT,
+                            "Too many pings before connection_ack",
+                        ));
+                    }
+                }
                 self.outbox.text(protocol::pong(payload));
             }
             ClientMessage::Pong { .. } => {}

@@ -5,11 +5,13 @@
 
 mod connection;
 pub mod control;
+mod frame;
 mod init;
 mod lifetime;
 mod operations;
 mod outbox;
 pub mod protocol;
+mod screen;
 
 use std::net::SocketAddr;
 

@@ -50,11 +50,7 @@ impl Operations {
         protocol: Protocols,
         outbox: Outbox,
     ) -> Result<(), Refused> {
-        if self
-            .running
-            .get(&id)
-            .is_some_and(|(_, handle)| !handle.is_finished())
-        {
+        if self.is_running(&id) {
             return Err(Refused::DuplicateId);
         }
         if self.running.len() >= self.limit {
@@ -72,6 +68,13 @@ impl Operations {
         ));
         self.running.insert(id, (generation, handle));
         Ok(())
+    }
+
+    /// Whether an operation with this id is still running (a new one under it would close 4409).
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running
+            .get(id)
+            .is_some_and(|(_, handle)| !handle.is_finished())
     }
 
     /// Stops the operation `id` (client `complete`); false when none was running.

@@ -1,10 +1,13 @@
-//! The outgoing side of a connection: a bounded queue drained by one writer task.
+//! The outgoing side of a connection: a queue bounded in messages and in bytes, drained by one
+//! writer task.
 //!
 //! Everything a connection sends goes through [`Outbox::push`], which never waits: a client that
 //! reads too slowly fills its own queue and is closed as a slow consumer, so it can stall neither
-//! other clients nor the other operations on its own connection.
+//! other clients nor the other operations on its own connection. The byte bound is what keeps a
+//! client that never reads from making the server hold `send_queue` large messages.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -13,6 +16,7 @@ use futures_util::stream::SplitSink;
 use tokio::sync::{mpsc, watch};
 
 use super::protocol::{Close, code};
+use crate::config::Connections;
 use crate::metrics::Metrics;
 
 /// How long a close frame may take to reach a client that is no longer reading.
@@ -22,44 +26,85 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(3);
 pub struct Outbox {
     queue: mpsc::Sender<Message>,
     close: watch::Sender<Option<Close>>,
+    /// Bytes queued and not yet written: reserved by `push` before a message enters the queue,
+    /// released by the writer once the socket took it. Shared by every clone, so operations
+    /// pushing at once never reserve past `max_bytes` together.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
-    /// Starts the writer task for `sink`; returns the outbox, a receiver that sees the close
+    /// Starts the writer task for `sink`, bounded by `connections.send_queue` messages and
+    /// `connections.send_queue_bytes` bytes; returns the outbox, a receiver that sees the close
     /// decision, and the writer's handle (it ends after sending the close frame or when the socket
     /// fails).
     pub fn start(
         sink: SplitSink<WebSocket, Message>,
-        capacity: usize,
+        bounds: &Connections,
         metrics: Arc<Metrics>,
     ) -> (
         Self,
         watch::Receiver<Option<Close>>,
         tokio::task::JoinHandle<()>,
     ) {
-        let (queue, rx) = mpsc::channel(capacity);
+        let (queue, rx) = mpsc::channel(bounds.send_queue as usize);
         let (close, close_rx) = watch::channel(None);
-        let writer = tokio::spawn(write_loop(sink, rx, close.subscribe(), metrics));
-        (Self { queue, close }, close_rx, writer)
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn(write_loop(
+            sink,
+            rx,
+            close.subscribe(),
+            queued.clone(),
+            metrics.clone(),
+        ));
+        let outbox = Self {
+            queue,
+            close,
+            queued,
+            max_bytes: bounds.send_queue_bytes.bytes(),
+            metrics,
+        };
+        (outbox, close_rx, writer)
     }
 
     pub fn text(&self, text: String) -> bool {
         self.push(Message::Text(text.into()))
     }
 
-    /// Queues a message; false when the connection is closing. A full queue closes the
-    /// connection as a slow consumer.
+    /// Queues a message; false when the connection is closing. A queue full in messages or in
+    /// bytes closes the connection as a slow consumer.
     pub fn push(&self, message: Message) -> bool {
+        let size = size_of(&message);
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                queued.checked_add(size).filter(|&n| n <= self.max_bytes)
+            });
+        let Ok(before) = reserved else {
+            self.close(Close::new(
+                code::SLOW_CONSUMER,
+                "Slow consumer: send queue bytes exceeded",
+            ));
+            return false;
+        };
         match self.queue.try_send(message) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(Close::new(
-                    code::SLOW_CONSUMER,
-                    "Slow consumer: send queue full",
-                ));
+            Ok(()) => {
+                self.metrics
+                    .send_queue_bytes
+                    .observe((before + size) as f64);
+                true
+            }
+            Err(refused) => {
+                self.queued.fetch_sub(size, Ordering::AcqRel);
+                if let mpsc::error::TrySendError::Full(_) = refused {
+                    self.close(Close::new(
+                        code::SLOW_CONSUMER,
+                        "Slow consumer: send queue full",
+                    ));
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -76,10 +121,20 @@ impl Outbox {
     }
 }
 
+/// What a message costs in the queue: its payload bytes, whatever its kind.
+fn size_of(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+        Message::Close(frame) => frame.as_ref().map_or(0, |f| 2 + f.reason.len()),
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Message>,
     mut close: watch::Receiver<Option<Close>>,
+    queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
     loop {
@@ -91,12 +146,9 @@ async fn write_loop(
             _ = close.changed() => break,
             message = queue.recv() => {
                 let Some(message) = message else { break };
+                let reserved = size_of(&message);
                 // Data messages are counted; pings and the like are not.
-                let size = match &message {
-                    Message::Text(text) => text.len(),
-                    Message::Binary(bytes) => bytes.len(),
-                    _ => 0,
-                };
+                let data = matches!(message, Message::Text(_) | Message::Binary(_));
                 tokio::select! {
                     biased;
                     _ = close.changed() => break,
@@ -104,9 +156,11 @@ async fn write_loop(
                         if sent.is_err() {
                             return;
                         }
-                        if size > 0 {
+                        // Written: the socket's own buffer (`max_write_buffer_size`) holds it now.
+                        queued.fetch_sub(reserved, Ordering::AcqRel);
+                        if data {
                             metrics.ws_messages.with_label_values(&["out"]).inc();
-                            metrics.ws_bytes.with_label_values(&["out"]).inc_by(size as u64);
+                            metrics.ws_bytes.with_label_values(&["out"]).inc_by(reserved as u64);
                         }
                     }
                 }

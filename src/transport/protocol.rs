@@ -8,7 +8,13 @@ use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::{Response, ServerError};
 use serde_json::{Value, json};
 
-/// Why a connection was closed: a WebSocket close code and a human-readable reason.
+/// The longest close reason a close frame can carry: a control frame's payload is at most 125
+/// bytes (RFC 6455 §5.5), two of which are the code. A longer one makes the frame invalid, and the
+/// client sees 1006 instead of our code.
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// Why a connection was closed: a WebSocket close code and a human-readable reason. Build it with
+/// [`Close::new`], the one place reasons are cut to fit a close frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Close {
     pub code: u16,
@@ -16,11 +22,12 @@ pub struct Close {
 }
 
 impl Close {
+    /// Reasons often quote what the client sent (an id, its own close reason), so they are cut to
+    /// [`MAX_REASON_BYTES`] at a character boundary.
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason: reason.into(),
-        }
+        let mut reason = reason.into();
+        reason.truncate(reason.floor_char_boundary(MAX_REASON_BYTES));
+        Self { code, reason }
     }
 }
 
@@ -46,7 +53,8 @@ pub mod code {
     /// disconnect`). Not 4429, which the stock client treats as fatal: this one is retried with
     /// backoff, and the new connection starts with a fresh budget.
     pub const RATE_LIMITED: u16 = 4420;
-    /// A message was not valid JSON or not a known message type.
+    /// A message was not valid JSON, not a message type of the negotiated subprotocol, or nested
+    /// too deep to read its id.
     pub const BAD_REQUEST: u16 = 4400;
     /// `subscribe` before `connection_ack`.
     pub const UNAUTHORIZED: u16 = 4401;
@@ -57,11 +65,13 @@ pub mod code {
     pub const INIT_TIMEOUT: u16 = 4408;
     /// `subscribe` with an id that is already running.
     pub const DUPLICATE_ID: u16 = 4409;
-    /// A second `connection_init`.
+    /// A second `connection_init`, or more pings before `connection_ack` than a client needs (the
+    /// stock client pings only once acknowledged). Fatal for the stock client, as it should be.
     pub const TOO_MANY_INIT: u16 = 4429;
     /// An internal error on the server.
     pub const INTERNAL: u16 = 4500;
-    /// The client read too slowly and its send queue (`connections.send_queue`) filled up.
+    /// The client read too slowly and its send queue filled up: `connections.send_queue` messages
+    /// or `connections.send_queue_bytes` bytes.
     pub const SLOW_CONSUMER: u16 = 4503;
     /// A server ping went unanswered for `connections.pong_timeout`.
     pub const PONG_TIMEOUT: u16 = 4504;
@@ -76,6 +86,34 @@ pub fn negotiate<'a>(requested: impl Iterator<Item = &'a str>) -> Option<Protoco
     [Protocols::GraphQLWS, Protocols::SubscriptionsTransportWS]
         .into_iter()
         .find(|p| offered.contains(p))
+}
+
+/// Whether `kind` is a client message type of `protocol`. async-graphql's `ClientMessage` parses
+/// both protocols' types alike (`subscribe` is an alias of `start`, `complete` of `stop`), so the
+/// raw type decides which protocol a message belongs to.
+pub fn accepts(protocol: Protocols, kind: &str) -> bool {
+    match protocol {
+        Protocols::GraphQLWS => {
+            matches!(
+                kind,
+                "connection_init" | "subscribe" | "complete" | "ping" | "pong"
+            )
+        }
+        Protocols::SubscriptionsTransportWS => {
+            matches!(
+                kind,
+                "connection_init" | "start" | "stop" | "connection_terminate"
+            )
+        }
+    }
+}
+
+/// The type that starts an operation in `protocol`.
+pub fn subscribe_type(protocol: Protocols) -> &'static str {
+    match protocol {
+        Protocols::GraphQLWS => "subscribe",
+        Protocols::SubscriptionsTransportWS => "start",
+    }
 }
 
 pub fn connection_ack() -> String {
@@ -137,5 +175,30 @@ mod tests {
         );
         assert_eq!(negotiate(["chat"].into_iter()), None);
         assert_eq!(negotiate(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_to_fit_a_close_frame_at_a_character_boundary() {
+        let close = Close::new(4409, "é".repeat(100));
+        assert_eq!(
+            close.reason.len(),
+            122,
+            "61 two-byte characters fit in 123 bytes"
+        );
+        assert!(close.reason.chars().all(|c| c == 'é'));
+        assert_eq!(Close::new(1000, "bye").reason, "bye");
+    }
+
+    #[test]
+    fn each_protocol_accepts_only_its_own_message_types() {
+        let modern = Protocols::GraphQLWS;
+        let legacy = Protocols::SubscriptionsTransportWS;
+        for kind in ["subscribe", "complete", "ping", "pong"] {
+            assert!(accepts(modern, kind) && !accepts(legacy, kind), "{kind}");
+        }
+        for kind in ["start", "stop", "connection_terminate"] {
+            assert!(accepts(legacy, kind) && !accepts(modern, kind), "{kind}");
+        }
+        assert!(accepts(modern, "connection_init") && accepts(legacy, "connection_init"));
     }
 }
