@@ -25,4 +25,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod topics;
 pub mod transport;
+pub mod webapp;
 pub mod writer;
