@@ -77,3 +77,4 @@ cargo clippy --all-targets --locked -- -D warnings
 # Benches are compiled by clippy above and run on demand (`cargo bench`): in a debug build they
 # would only measure the debug build, slowly.
 cargo test --lib --bins --tests --locked
+web-client/test.sh   # the browser app: build, npm clients' conformance tests, Chromium tests
