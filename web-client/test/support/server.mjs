@@ -67,7 +67,9 @@ logging: { format: pretty, filter: "warn,palisade=info" }
   );
   const env = {
     ...process.env,
-    PALISADE_JWT_SECRET: JWT_SECRET,
+    // `devSecret`: no secret configured, so the server generates the development-only one (in
+    // its working directory, here the temporary one) and prints a development token.
+    PALISADE_JWT_SECRET: options.devSecret ? '' : JWT_SECRET,
     PALISADE_PUBLISH_KEY: PUBLISH_KEY,
     PALISADE_WEB_DIR: join(repoRoot, 'web-client', 'dist'),
   };
@@ -88,7 +90,7 @@ logging: { format: pretty, filter: "warn,palisade=info" }
 
   async function up() {
     const out = openSync(log, 'a');
-    child = spawn(binary, ['serve', '--config', config], { cwd: repoRoot, env, stdio: ['ignore', out, out] });
+    child = spawn(binary, ['serve', '--config', config], { cwd: options.devSecret ? dir : repoRoot, env, stdio: ['ignore', out, out] });
     const exited = new Promise((ok) => child.once('exit', ok));
     for (let i = 0; i < 200; i++) {
       const ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.ok, () => false);
