@@ -20,4 +20,4 @@ fi
 npm ci --no-audit --no-fund
 npm run build
 (cd .. && cargo build --locked --quiet)
-node --test --test-concurrency=1 test/conformance/ test/e2e/
+node --test --test-concurrency=1 test/unit/ test/conformance/ test/e2e/
