@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connlog;
 pub mod db;
+pub mod devlogin;
 pub mod devtoken;
 pub mod error;
 pub mod graphql;

@@ -47,6 +47,7 @@ pub fn routers(
         .route("/admin/revoke", post(admin::revoke))
         .route("/api/publish", post(publish::publish))
         .merge(crate::webapp::router())
+        .merge(crate::devlogin::router())
         .layer(DefaultBodyLimit::max(
             config.payload.max_message_bytes.bytes(),
         ))

@@ -9,7 +9,7 @@ import { h, hide, show, time } from './dom';
 import { startLive, type Live } from './live';
 import { ME, NOTICES, RATE_LIMIT, REFRESH_AUTH, type Notice, type RateLimitWarning } from './operations';
 import * as token from './token';
-import { liveViews, shell, signInForm, type Shell } from './views';
+import { liveViews, shell, signInForm, type Shell, type SignInForm } from './views';
 
 export interface Page {
   library: string;
@@ -38,10 +38,18 @@ export function start(root: HTMLElement, page: Page): void {
       token.store(jwt);
       signIn(jwt);
     });
+    offerDevLogin(form, (jwt) => {
+      form.input.value = jwt;
+      form.form.requestSubmit();
+    }, () => {
+      localStorage.setItem(token.COOKIE_KEY, '1');
+      signIn(null);
+    });
     ui.main.replaceChildren(form.form);
   }
 
-  function signIn(jwt: string) {
+  /** `jwt` null: signed in with the session cookie, which the browser sends on the upgrade. */
+  function signIn(jwt: string | null) {
     hide(ui.message);
     hide(ui.authNotice);
     let current = jwt;
@@ -121,7 +129,33 @@ export function start(root: HTMLElement, page: Page): void {
   ui.signOut.addEventListener('click', () => signOut());
   const saved = token.stored();
   if (saved) signIn(saved);
+  else if (localStorage.getItem(token.COOKIE_KEY)) signIn(null);
   else signOut();
+}
+
+/** The conversation every development user is in, so chat and presence work out of the box. */
+const DEV_CONVERSATION = '00000000-0000-4000-8000-000000000001';
+
+/** Shows the development sign-in when the server offers it (`GET /auth/dev` is 404 otherwise). */
+function offerDevLogin(form: SignInForm, withToken: (jwt: string) => void, withCookie: () => void) {
+  const post = (path: string, body: unknown) =>
+    fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), credentials: 'same-origin' });
+  void fetch('/auth/dev').then(async (r) => {
+    if (!r.ok) return;
+    const offer = (await r.json()) as { token: boolean; cookie: boolean };
+    form.devCookie.hidden = !offer.cookie;
+    show(form.dev);
+  }, () => {});
+  form.devToken.addEventListener('click', async () => {
+    const r = await post('/auth/dev-token', { user: form.devUser.value.trim(), claims: { conversations: [DEV_CONVERSATION] } });
+    if (!r.ok) return show(form.error, `The development token was refused (${r.status}).`);
+    withToken(((await r.json()) as { token: string }).token);
+  });
+  form.devCookie.addEventListener('click', async () => {
+    const r = await post('/auth/dev-login', { user: form.devUser.value.trim() });
+    if (!r.ok) return show(form.error, `The development login was refused (${r.status}).`);
+    withCookie();
+  });
 }
 
 function renderStatus(ui: Shell, status: Status) {

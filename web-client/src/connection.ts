@@ -36,7 +36,8 @@ export function graphqlUrl(): string {
   return `${scheme}//${location.host}/graphql`;
 }
 
-export function connect(url: string, token: () => string): Connection {
+/** `token` returns null for a cookie sign-in: the browser sends the session cookie itself. */
+export function connect(url: string, token: () => string | null): Connection {
   const statusListeners: Array<(s: Status) => void> = [];
   const closeListeners: Array<(code: number, reason: string) => void> = [];
   const reconnectListeners: Array<() => void> = [];
@@ -48,7 +49,10 @@ export function connect(url: string, token: () => string): Connection {
   const raw = createClient({
     url,
     // A function, so a reconnect after `refreshAuth` presents the refreshed token.
-    connectionParams: () => ({ authorization: `Bearer ${token()}` }),
+    connectionParams: () => {
+      const jwt = token();
+      return jwt ? { authorization: `Bearer ${jwt}` } : {};
+    },
     // Eager: the status indicator describes the connection even before the first subscription,
     // and the app reconnects whatever it is subscribed to.
     lazy: false,

@@ -33,6 +33,10 @@ export function store(token: string): void {
   localStorage.setItem(TOKEN_KEY, token);
 }
 
+/** Set while the tab is signed in with the development session cookie (itself HttpOnly). */
+export const COOKIE_KEY = 'palisade.cookie';
+
 export function forget(): void {
   localStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(COOKIE_KEY);
 }

@@ -48,6 +48,11 @@ export interface SignInForm {
   form: HTMLFormElement;
   input: HTMLTextAreaElement;
   error: HTMLElement;
+  /** Shown only when the server has `auth.dev_login` on. */
+  dev: HTMLElement;
+  devUser: HTMLInputElement;
+  devToken: HTMLButtonElement;
+  devCookie: HTMLButtonElement;
 }
 
 export function signInForm(): SignInForm {
@@ -63,7 +68,23 @@ export function signInForm(): SignInForm {
     h('p', { class: 'hint' }, 'Mint one with `cargo run -- token --sub alice --claim conversations=\'["<uuid>"]\'`.'),
     h('button', { type: 'submit', 'data-testid': 'sign-in-submit' }, 'Sign in'),
   );
-  return { form, input, error };
+  const devUser = h('input', { id: 'dev-user', 'data-testid': 'dev-user', value: 'alice', size: '16' });
+  const devToken = h('button', { type: 'button', 'data-testid': 'dev-token' }, 'Get a development token');
+  const devCookie = h('button', { type: 'button', 'data-testid': 'dev-cookie' }, 'Sign in with a session cookie');
+  const dev = h(
+    'div',
+    { class: 'dev', 'data-testid': 'dev-login', hidden: true },
+    h('h3', {}, 'Development sign-in'),
+    h('label', { for: 'dev-user' }, 'User '),
+    devUser,
+    ' ',
+    devToken,
+    ' ',
+    devCookie,
+    h('p', { class: 'hint' }, 'The server runs with auth.dev_login: anyone can sign in as anyone. Never in production.'),
+  );
+  form.append(dev);
+  return { form, input, error, dev, devUser, devToken, devCookie };
 }
 
 export interface LiveViews {

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(here, '../../..');
-const binary =
+export const binary =
   process.env.PALISADE_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(repoRoot, 'target'), 'debug', 'palisade');
 
 export const JWT_SECRET = `web-client-tests-${randomBytes(8).toString('hex')}`;
@@ -38,7 +38,7 @@ const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 /**
  * Options: `rateLimit` (operations per 60 s window, default 1000), `replayLimit`, `expiryWarning`
- * (e.g. "55s"), and `services: true` for PostgreSQL and Redis instead of SQLite and the
+ * (e.g. "55s"), `devLogin` (auth.dev_login with session secrets), `devSecret`, and `services: true` for PostgreSQL and Redis instead of SQLite and the
  * in-process bus (events then survive a restart of the server).
  */
 export async function startServer(options = {}) {
@@ -54,6 +54,7 @@ export async function startServer(options = {}) {
   cors: { allowed_origins: [http://127.0.0.1:${port}, http://localhost:${port}] }
 auth:
   jwt: { expiry_warning: ${options.expiryWarning ?? '60s'}, leeway: 5s }
+  dev_login: ${options.devLogin ? 'true' : 'false'}
 connections:
   max_per_user: 5
   reconnects_per_minute: 1000
@@ -72,6 +73,7 @@ logging: { format: pretty, filter: "warn,palisade=info" }
     PALISADE_JWT_SECRET: options.devSecret ? '' : JWT_SECRET,
     PALISADE_PUBLISH_KEY: PUBLISH_KEY,
     PALISADE_WEB_DIR: join(repoRoot, 'web-client', 'dist'),
+    PALISADE_SESSION_SECRETS: options.devLogin ? `cookie-${randomBytes(8).toString('hex')}` : '',
   };
   let database = null;
   if (options.services) {
@@ -112,6 +114,7 @@ logging: { format: pretty, filter: "warn,palisade=info" }
   await up();
   return {
     port,
+    config,
     httpUrl: `http://127.0.0.1:${port}`,
     wsUrl: `ws://127.0.0.1:${port}/graphql`,
     keyPrefix: prefix,
