@@ -98,24 +98,18 @@ impl Who {
     }
 }
 
-fn enabled(state: &AppState) -> Result<&Arc<DevLogin>, Response> {
-    state
-        .dev_login
-        .as_ref()
-        .ok_or_else(|| StatusCode::NOT_FOUND.into_response())
-}
-
 async fn info(State(state): State<AppState>) -> Response {
-    match enabled(&state) {
-        Ok(dev) => Json(json!({ "token": true, "cookie": dev.cookies.is_some() })).into_response(),
-        Err(response) => response,
+    match &state.dev_login {
+        Some(dev) => {
+            Json(json!({ "token": true, "cookie": dev.cookies.is_some() })).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
 async fn token(State(state): State<AppState>, Json(who): Json<Who>) -> Response {
-    let dev = match enabled(&state) {
-        Ok(dev) => dev,
-        Err(response) => return response,
+    let Some(dev) = &state.dev_login else {
+        return StatusCode::NOT_FOUND.into_response();
     };
     if let Err(error) = who.check() {
         return error.into_response();
@@ -128,9 +122,8 @@ async fn token(State(state): State<AppState>, Json(who): Json<Who>) -> Response 
 }
 
 async fn login(State(state): State<AppState>, Json(who): Json<Who>) -> Response {
-    let dev = match enabled(&state) {
-        Ok(dev) => dev,
-        Err(response) => return response,
+    let Some(dev) = &state.dev_login else {
+        return StatusCode::NOT_FOUND.into_response();
     };
     if let Err(error) = who.check() {
         return error.into_response();
