@@ -21,14 +21,15 @@ export function start(root: HTMLElement, page: Page): void {
   const ui = shell(root, page.library, page.otherPage);
   let session: { connection: Connection; stop: () => void } | null = null;
 
-  function signOut(message?: string) {
+  /** Back to the sign-in form; why (when the server ended the session) stays in the header. */
+  function signOut() {
     session?.stop();
     session = null;
     token.forget();
     hide(ui.signOut);
+    hide(ui.authNotice);
     ui.user.textContent = '';
     const form = signInForm();
-    if (message) show(form.error, message);
     form.form.addEventListener('submit', (e) => {
       e.preventDefault();
       const jwt = form.input.value.trim();
@@ -67,7 +68,7 @@ export function start(root: HTMLElement, page: Page): void {
     };
     connection.onStatus((status) => {
       renderStatus(ui, status);
-      if (status.kind === 'disconnected' && status.signInAgain) signOut(status.message);
+      if (status.kind === 'disconnected' && status.signInAgain) signOut();
     });
     watchBudget(ui, api, connection, stops);
     connection.onReconnected(() => live?.reconnected());

@@ -45,6 +45,22 @@ describe('development sign-in in Chromium', () => {
     await ctx.close();
   });
 
+  test('when the session is logged out elsewhere the app says so and asks to sign in again', async () => {
+    const ctx = await context(browser, outside);
+    const page = await ctx.newPage();
+    await page.goto(`${server.httpUrl}/app/`);
+    await page.getByTestId('dev-user').fill('max');
+    await page.getByTestId('dev-cookie').click();
+    await status(page, 'connected');
+    // What the Express app's logout does: the row goes. Palisade re-checks every second here.
+    execFileSync('psql', [server.databaseUrl, '-qc', `DELETE FROM session WHERE sess::jsonb #>> '{passport,user}' = 'max'`]);
+    await status(page, 'disconnected', 15_000);
+    await page.getByTestId('connection-message').filter({ hasText: 'Your session ended' }).waitFor();
+    await page.getByTestId('sign-in').waitFor();
+    await screenshot(page, 'session-expired');
+    await ctx.close();
+  });
+
   test('signs in with a token from the development endpoint, kept in localStorage', async () => {
     const ctx = await context(browser, outside);
     const page = await ctx.newPage();

@@ -55,6 +55,7 @@ export async function startServer(options = {}) {
 auth:
   jwt: { expiry_warning: ${options.expiryWarning ?? '60s'}, leeway: 5s }
   dev_login: ${options.devLogin ? 'true' : 'false'}
+  session: { revalidate_every: ${options.devLogin ? '1s' : '5m'} }
 connections:
   max_per_user: 5
   reconnects_per_minute: 1000
@@ -119,6 +120,7 @@ logging: { format: pretty, filter: "warn,palisade=info" }
     wsUrl: `ws://127.0.0.1:${port}/graphql`,
     keyPrefix: prefix,
     redisUrl: env.REDIS_URL,
+    databaseUrl: env.DATABASE_URL,
     log: () => readFileSync(log, 'utf8'),
     async publish(topic, type, payload) {
       const r = await fetch(`http://127.0.0.1:${port}/api/publish`, {
