@@ -185,6 +185,7 @@ fn announce_development_secret(settings: &Settings) -> anyhow::Result<()> {
         jwt.secret_env,
         crate::auth::secret::DEV_DIR
     );
+    crate::devtoken::remember(&token);
     let port = settings.config.server.listen.port();
     eprintln!(
         "\n  GraphiQL: http://localhost:{port}{}\n  Paste into its Headers tab (valid 24h, user `dev`, role `service`):\n  {{\"Authorization\": \"Bearer {token}\"}}\n",

@@ -122,7 +122,8 @@ assets! {
 
 fn graphiql_page(state: &AppState) -> Response {
     let page = include_str!("../assets/graphiql/index.html")
-        .replace("__GRAPHQL_PATH__", &state.config.server.graphql_path);
+        .replace("__GRAPHQL_PATH__", &state.config.server.graphql_path)
+        .replace("__DEV_HEADERS__", &crate::devtoken::graphiql_headers());
     Html(page).into_response()
 }
 

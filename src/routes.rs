@@ -46,6 +46,8 @@ pub fn routers(
         .route("/graphiql/{file}", get(http::graphiql_asset))
         .route("/admin/revoke", post(admin::revoke))
         .route("/api/publish", post(publish::publish))
+        .merge(crate::webapp::router())
+        .merge(crate::devlogin::router())
         .layer(DefaultBodyLimit::max(
             config.payload.max_message_bytes.bytes(),
         ))

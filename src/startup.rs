@@ -75,6 +75,8 @@ pub struct AppState {
     /// Where events are published; `POST /api/publish` uses it directly.
     pub bus: Arc<dyn Bus>,
     pub publish_key: Option<Arc<PublishKey>>,
+    /// Development sign-in (`auth.dev_login`); `None` when it is off.
+    pub dev_login: Option<Arc<crate::devlogin::DevLogin>>,
     /// Who is online on which topic.
     pub presence: Arc<Presence>,
     /// Cancelled when the server starts shutting down; every connection watches it.
@@ -167,6 +169,12 @@ impl Application {
             metrics: metrics.clone(),
             presence: presence.clone(),
         });
+        let dev_login = crate::devlogin::DevLogin::new(
+            &config,
+            &settings.jwt_secret,
+            &settings.session_secrets,
+            &db,
+        );
         let state = AppState {
             audit,
             auth,
@@ -182,6 +190,7 @@ impl Application {
             redis,
             bus,
             publish_key: settings.publish_key,
+            dev_login,
             presence,
             shutdown,
             tracker,

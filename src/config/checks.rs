@@ -153,6 +153,12 @@ pub(super) fn cross_field(config: &Config) -> Vec<(String, String)> {
         "must differ from server.listen; leave it unset to serve admin endpoints on the main listener"
             .into(),
     );
+    check(
+        !config.auth.dev_login
+            || (config.server.tls.is_none() && config.server.admin_listen.is_none()),
+        "auth.dev_login",
+        "development sign-in lets anyone act as any user: it cannot be on in a configuration with server.tls or server.admin_listen".into(),
+    );
     for (i, rule) in config.topics.rules.iter().enumerate() {
         let placeholders: Vec<&str> = rule
             .pattern

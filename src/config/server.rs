@@ -128,6 +128,12 @@ pub struct Auth {
     /// key acts as a caller with the role `service` under the topic rules. Read at startup.
     #[validate(length(min = 1))]
     pub publish_key_env: String,
+    /// Development sign-in for the web app: `POST /auth/dev-token` mints a JWT for any user, and
+    /// `POST /auth/dev-login` writes a session row and sets the signed session cookie (needs the
+    /// secrets of `auth.session.secrets_env`). Default `false`. Anyone who reaches the server can
+    /// then act as anyone, so `check-config` refuses it together with `server.tls` or
+    /// `server.admin_listen` (a configuration that looks like production).
+    pub dev_login: bool,
 }
 
 impl Default for Auth {
@@ -141,6 +147,7 @@ impl Default for Auth {
             jwt: Jwt::default(),
             session: Session::default(),
             publish_key_env: "PALISADE_PUBLISH_KEY".into(),
+            dev_login: false,
         }
     }
 }
