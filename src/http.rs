@@ -63,7 +63,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
                 .auth_failures
                 .with_label_values(&[failure.cause()])
                 .inc();
-            state.audit.record(Entry {
+            state.audit.record_failure(Entry {
                 action: "http.auth_failed",
                 severity: Severity::Warn,
                 user_id: None,

@@ -24,6 +24,9 @@ pub struct Metrics {
     /// Operations by type (query, mutation, subscription, unknown) and outcome (ok, error, rejected).
     pub operations_total: IntCounterVec,
     pub audit_dropped: IntCounter,
+    /// Audit rows of failed credential attempts not written: their address was over the
+    /// failed-attempt rate (`audit::FAILED_ATTEMPT_BURST`).
+    pub audit_throttled: IntCounter,
     pub rate_limit_warnings: IntCounter,
     pub rate_limit_violations: IntCounter,
     /// Operations refused by a payload limit, by limit code.
@@ -137,6 +140,11 @@ impl Metrics {
                 r,
                 "audit_dropped_total",
                 "Audit rows dropped because the queue was full or the database failed",
+            ),
+            audit_throttled: counter(
+                r,
+                "audit_throttled_total",
+                "Audit rows of failed credential attempts not written because their client address exceeded the failed-attempt rate",
             ),
             rate_limit_warnings: counter(
                 r,

@@ -34,18 +34,20 @@ pub fn routers(
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    // Per-IP request limits guard the GraphQL endpoint: queries over HTTP and WebSocket upgrades.
-    let graphql = Router::new()
+    // One per-IP budget covers every endpoint that runs work or checks a credential: GraphQL
+    // queries, WebSocket upgrades, and the key and token checks of publish and revoke, which
+    // would otherwise let a key be guessed at full speed. Only GraphiQL's static files are free.
+    let limited = Router::new()
         .route(
             &config.server.graphql_path,
             get(http::graphql_get).post(http::graphql_post),
         )
-        .layer(http_limiter.layer());
-    let main = Router::new()
-        .merge(graphql)
-        .route("/graphiql/{file}", get(http::graphiql_asset))
         .route("/admin/revoke", post(admin::revoke))
         .route("/api/publish", post(publish::publish))
+        .layer(http_limiter.layer());
+    let main = Router::new()
+        .merge(limited)
+        .route("/graphiql/{file}", get(http::graphiql_asset))
         .layer(DefaultBodyLimit::max(
             config.payload.max_message_bytes.bytes(),
         ))

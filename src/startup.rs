@@ -173,7 +173,10 @@ impl Application {
             auth,
             registry,
             operations,
-            client_ip: ClientIp::new(&config.server.trusted_proxies),
+            client_ip: ClientIp::new(
+                &config.server.trusted_proxies,
+                config.connections.ipv6_prefix,
+            ),
             tls: tls::load(config.server.tls.as_ref()).await?,
             live,
             schema,
@@ -278,12 +281,14 @@ impl Application {
                 .await
             })
         };
-        // Rate-limiter state of idle IPs and users is forgotten once a minute, so memory stays
-        // bounded however many distinct clients come and go.
+        // Rate-limiter state of idle IPs and users, and the audit's failed-attempt counts, is
+        // forgotten once a minute, so memory stays bounded however many distinct clients come
+        // and go.
         tokio::spawn({
-            let (registry, operations, shutdown) = (
+            let (registry, operations, audit, shutdown) = (
                 state.registry.clone(),
                 state.operations.clone(),
+                state.audit.clone(),
                 shutdown.clone(),
             );
             async move {
@@ -292,6 +297,7 @@ impl Application {
                     registry.retain_recent();
                     http_limiter.retain_recent();
                     operations.retain_recent();
+                    audit.retain_recent();
                 }
             }
         });
