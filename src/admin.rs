@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{Entry, Severity};
+use crate::auth::Identity;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::startup::AppState;
 
@@ -24,6 +26,15 @@ use crate::startup::AppState;
 pub struct Revoke {
     user_id: Option<String>,
     session_id: Option<String>,
+}
+
+/// Whether `identity`'s roles claim (`topics.roles_claim`) holds `auth.admin_role`.
+pub fn is_admin(config: &Config, identity: &Identity) -> bool {
+    let roles = identity.claims.get(&config.topics.roles_claim);
+    roles.and_then(Value::as_array).is_some_and(|r| {
+        r.iter()
+            .any(|v| v.as_str() == Some(&config.auth.admin_role))
+    })
 }
 
 pub async fn revoke(
@@ -58,12 +69,7 @@ pub async fn revoke(
             return Err(Error::Unauthenticated);
         }
     };
-    let roles = admin.claims.get(&state.config.topics.roles_claim);
-    let is_admin = roles.and_then(Value::as_array).is_some_and(|r| {
-        r.iter()
-            .any(|v| v.as_str() == Some(&state.config.auth.admin_role))
-    });
-    if !is_admin {
+    if !is_admin(&state.config, &admin) {
         refused("not_admin", Some(admin.user_id.clone()));
         return Err(Error::Forbidden(format!(
             "needs the `{}` role",

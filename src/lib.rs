@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod publish;
+pub mod readiness;
 pub mod registry;
 pub mod reload;
 pub mod retention;

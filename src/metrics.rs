@@ -55,7 +55,8 @@ pub struct Metrics {
     pub swept: IntCounterVec,
     /// Presence-log rows dropped because the queue was full or the database failed.
     pub presence_log_dropped: IntCounter,
-    /// 1 when the last `/readyz` found every dependency reachable, else 0.
+    /// 1 when the last readiness check (every `readiness::INTERVAL`) found every dependency
+    /// reachable, else 0.
     pub ready: IntGauge,
 }
 
@@ -247,8 +248,11 @@ impl Metrics {
             ),
             ready: register(
                 r,
-                IntGauge::new("ready", "1 when the last readiness probe passed")
-                    .expect("static metric definition"),
+                IntGauge::new(
+                    "ready",
+                    "1 when the last readiness check found every dependency answering",
+                )
+                .expect("static metric definition"),
             ),
             names: catalog.names.take(),
             registry: catalog.registry,

@@ -28,6 +28,7 @@ use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
 use crate::publish::PublishKey;
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::{bus, reload, retention, routes, tls};
 
@@ -77,6 +78,8 @@ pub struct AppState {
     pub publish_key: Option<Arc<PublishKey>>,
     /// Who is online on which topic.
     pub presence: Arc<Presence>,
+    /// The last readiness check, which `/readyz` serves.
+    pub readiness: Arc<Readiness>,
     /// Cancelled when the server starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket connections, which outlive the HTTP request that upgraded them.
@@ -168,7 +171,9 @@ impl Application {
             metrics: metrics.clone(),
             presence: presence.clone(),
         });
+        let readiness = Readiness::new(db.clone(), redis.as_ref(), metrics.ready.clone())?;
         let state = AppState {
+            readiness,
             audit,
             auth,
             registry,
@@ -238,8 +243,8 @@ impl Application {
             config_file,
         } = self;
         // Background tasks, each ending when shutdown is cancelled: the reload watcher (only with a
-        // file to watch), the retention job, and the registry's (orders from other instances,
-        // lease renewals).
+        // file to watch), the retention job, the registry's (orders from other instances, lease
+        // renewals), and the readiness checks.
         if let Some((path, loaded)) = config_file {
             let tls = state.tls.clone().zip(state.config.server.tls.clone());
             let task = reload::watch(
@@ -259,6 +264,10 @@ impl Application {
             state.shutdown.clone(),
         ));
         tokio::spawn(state.registry.clone().run(state.shutdown.clone()));
+        // The first check is done before serving, so `/readyz` never answers from no check at
+        // all; the task then repeats it on its timer until shutdown.
+        state.readiness.check().await;
+        tokio::spawn(state.readiness.clone().run(state.shutdown.clone()));
         let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
         let (main, admin) = routes::routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();
