@@ -54,10 +54,12 @@ impl Readiness {
     ) -> anyhow::Result<Arc<Self>> {
         let redis = redis
             .map(|client| {
-                ConnectionManager::new_lazy_with_config(
-                    client.clone(),
-                    ConnectionManagerConfig::new(),
-                )
+                // The timer is the retry: a check reports a Redis that is down at once rather
+                // than backing off through reconnects within one round.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(CHECK_TIMEOUT));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
             })
             .transpose()
             .context("setting up the readiness check's Redis connection")?;
