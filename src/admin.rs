@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{Entry, Severity};
+use crate::auth::Identity;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::startup::AppState;
 
@@ -26,23 +28,49 @@ pub struct Revoke {
     session_id: Option<String>,
 }
 
+/// Whether `identity`'s roles claim (`topics.roles_claim`) holds `auth.admin_role`.
+pub fn is_admin(config: &Config, identity: &Identity) -> bool {
+    let roles = identity.claims.get(&config.topics.roles_claim);
+    roles.and_then(Value::as_array).is_some_and(|r| {
+        r.iter()
+            .any(|v| v.as_str() == Some(&config.auth.admin_role))
+    })
+}
+
 pub async fn revoke(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<Revoke>,
 ) -> Result<Json<Value>> {
-    let admin = state
-        .auth
-        .http(&headers)
-        .map_err(|_| Error::Unauthenticated)?
-        .ok_or(Error::Unauthenticated)?;
-    let roles = admin.claims.get(&state.config.topics.roles_claim);
-    let is_admin = roles.and_then(Value::as_array).is_some_and(|r| {
-        r.iter()
-            .any(|v| v.as_str() == Some(&state.config.auth.admin_role))
-    });
-    if !is_admin {
+    let ip = state.client_ip.resolve(peer.ip(), &headers).to_string();
+    // A refused credential is audited through the failed-attempt rate, so that guessing, already
+    // slowed by the per-IP HTTP limit, cannot flood the audit table either.
+    let refused = |reason: &str, user_id: Option<String>| {
+        state.audit.record_failure(Entry {
+            action: "admin.revoke_refused",
+            severity: Severity::Warn,
+            user_id,
+            connection_id: None,
+            ip: Some(ip.clone()),
+            metadata: json!({ "reason": reason }),
+        });
+    };
+    let admin = match state.auth.http(&headers) {
+        Ok(Some(admin)) => admin,
+        failed => {
+            let cause = failed.err().map_or("missing", |failure| failure.cause());
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[cause])
+                .inc();
+            refused(cause, None);
+            return Err(Error::Unauthenticated);
+        }
+    };
+    if !is_admin(&state.config, &admin) {
+        refused("not_admin", Some(admin.user_id.clone()));
         return Err(Error::Forbidden(format!(
             "needs the `{}` role",
             state.config.auth.admin_role
@@ -62,7 +90,7 @@ pub async fn revoke(
         severity: Severity::Warn,
         user_id: body.user_id.clone(),
         connection_id: None,
-        ip: Some(state.client_ip.resolve(peer.ip(), &headers).to_string()),
+        ip: Some(ip),
         // The session id is a credential: only whether one was named is recorded.
         metadata: json!({
             "by": admin.user_id,

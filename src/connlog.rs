@@ -11,7 +11,9 @@ use crate::on_pool;
 #[derive(Clone, Debug)]
 pub struct Opened {
     pub id: String,
+    /// The client's [`IpBucket`](crate::client_ip::IpBucket): an IPv6 client's prefix.
     pub ip: String,
+    /// The `User-Agent` header, already cut to [`crate::writer::MAX_TEXT_BYTES`] by the upgrade.
     pub user_agent: Option<String>,
     pub instance_id: String,
     pub subprotocol: &'static str,

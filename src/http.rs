@@ -6,7 +6,7 @@ use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
@@ -16,12 +16,30 @@ use crate::graphql::Caller;
 use crate::startup::AppState;
 use crate::transport;
 
-/// `POST <graphql_path>`: queries and mutations.
+/// Media types a GraphQL POST may carry (GraphQL over HTTP). Anything else, `text/plain` and
+/// form encodings above all, is what a cross-site form or a "simple" `fetch` sends without a
+/// CORS preflight, so it is refused before any credential is looked at.
+const POST_MEDIA_TYPES: [&str; 2] = ["application/json", "application/graphql-response+json"];
+
+/// `POST <graphql_path>`: queries and mutations, as JSON only (415 otherwise).
 pub async fn graphql_post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    let media_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if !media_type.is_some_and(|m| POST_MEDIA_TYPES.iter().any(|t| t.eq_ignore_ascii_case(m))) {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "POST a GraphQL request as application/json",
+        );
+    }
     execute(state, peer, request).await
 }
 
@@ -50,7 +68,56 @@ pub async fn graphql_get(
     if wants_html && parts.uri.query().is_none() {
         return graphiql_page(&state);
     }
+    let max_query = state.live.load().payload.max_query_bytes.bytes();
+    if parts
+        .uri
+        .query()
+        .is_some_and(|query| selects_mutation(query, max_query))
+    {
+        let mut refused = refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "Mutations must be sent with POST",
+        );
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return refused;
+    }
     execute(state, peer, Request::from_parts(parts, body)).await
+}
+
+/// Whether a GET's query string selects a mutation. GraphQL over HTTP forbids them on GET (405):
+/// a link or an image can make a browser send a GET cross-site with its cookies, and caches and
+/// logs treat GETs as safe. A query string that does not parse, or whose operation cannot be
+/// chosen, is left to the executor, which refuses it without running anything; so is a query
+/// over `payload.max_query_bytes`, which the document limits refuse before parsing.
+fn selects_mutation(query_string: &str, max_query_bytes: usize) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(request) = async_graphql::http::parse_query_string(query_string) else {
+        return false;
+    };
+    if request.query.len() > max_query_bytes {
+        return false;
+    }
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let operation = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(operation), _) => Some(operation),
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.values().next()
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    operation.is_some_and(|o| o.node.ty == OperationType::Mutation)
+}
+
+/// A refusal in the shape of a GraphQL error, so GraphQL clients show its code like any other.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
 }
 
 async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Response {
@@ -63,7 +130,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
                 .auth_failures
                 .with_label_values(&[failure.cause()])
                 .inc();
-            state.audit.record(Entry {
+            state.audit.record_failure(Entry {
                 action: "http.auth_failed",
                 severity: Severity::Warn,
                 user_id: None,
@@ -147,54 +214,37 @@ pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: every dependency answers; otherwise 503 naming what failed.
-pub async fn readyz(State(state): State<AppState>) -> Response {
-    let mut checks = serde_json::Map::new();
-    let database = state.db.ping().await;
-    checks.insert(
-        "database".into(),
-        check_result(&database, state.db.backend()),
-    );
-    let mut ready = database.is_ok();
-    if let Some(client) = &state.redis {
-        let redis = ping_redis(client).await;
-        ready &= redis.is_ok();
-        checks.insert("redis".into(), check_result(&redis, "redis"));
-    }
-    state.metrics.ready.set(i64::from(ready));
-    let status = if ready {
-        StatusCode::OK
+/// `GET /readyz` on the public port: 200 `{"status":"ready"}` when the last check found every
+/// dependency answering, else 503 `{"status":"unavailable"}`. Which dependency failed, and why,
+/// only for a caller with `auth.admin_role`.
+pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let admin = state
+        .auth
+        .http(&headers)
+        .ok()
+        .flatten()
+        .is_some_and(|identity| crate::admin::is_admin(&state.config, &identity));
+    readiness(&state, admin)
+}
+
+/// `GET /readyz` on `server.admin_listen`: the status with every dependency's check.
+pub async fn readyz_detailed(State(state): State<AppState>) -> Response {
+    readiness(&state, true)
+}
+
+fn readiness(state: &AppState, detailed: bool) -> Response {
+    let report = state.readiness.last();
+    let (status, word) = if report.ready {
+        (StatusCode::OK, "ready")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let body = json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": checks });
+    let body = if detailed {
+        json!({ "status": word, "checks": report.checks })
+    } else {
+        json!({ "status": word })
+    };
     (status, Json(body)).into_response()
-}
-
-fn check_result(result: &anyhow::Result<()>, backend: &str) -> serde_json::Value {
-    match result {
-        Ok(()) => json!({ "ok": true, "backend": backend }),
-        // The cause chain helps the operator; probes are not public, and no secrets are in it.
-        Err(error) => json!({ "ok": false, "backend": backend, "error": format!("{error:#}") }),
-    }
-}
-
-async fn ping_redis(client: &redis::Client) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let probe = async {
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .context("connecting to Redis")?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .context("PING")
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(3), probe)
-        .await
-        .context("Redis did not answer in time")??;
-    Ok(())
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod publish;
+pub mod readiness;
 pub mod registry;
 pub mod reload;
 pub mod retention;

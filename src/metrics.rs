@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Operations by type (query, mutation, subscription, unknown) and outcome (ok, error, rejected).
     pub operations_total: IntCounterVec,
     pub audit_dropped: IntCounter,
+    /// Audit rows of failed credential attempts not written: their address was over the
+    /// failed-attempt rate (`audit::FAILED_ATTEMPT_BURST`).
+    pub audit_throttled: IntCounter,
     pub rate_limit_warnings: IntCounter,
     pub rate_limit_violations: IntCounter,
     /// Operations refused by a payload limit, by limit code.
@@ -54,7 +57,8 @@ pub struct Metrics {
     pub swept: IntCounterVec,
     /// Presence-log rows dropped because the queue was full or the database failed.
     pub presence_log_dropped: IntCounter,
-    /// 1 when the last `/readyz` found every dependency reachable, else 0.
+    /// 1 when the last readiness check (every `readiness::INTERVAL`) found every dependency
+    /// reachable, else 0.
     pub ready: IntGauge,
     // What the bus and presence hold for clients (topics, replays, presence bookkeeping).
     /// Topics followed by this instance's subscribers now.
@@ -165,6 +169,11 @@ impl Metrics {
                 "audit_dropped_total",
                 "Audit rows dropped because the queue was full or the database failed",
             ),
+            audit_throttled: counter(
+                r,
+                "audit_throttled_total",
+                "Audit rows of failed credential attempts not written because their client address exceeded the failed-attempt rate",
+            ),
             rate_limit_warnings: counter(
                 r,
                 "rate_limit_warnings_total",
@@ -266,8 +275,11 @@ impl Metrics {
             ),
             ready: register(
                 r,
-                IntGauge::new("ready", "1 when the last readiness probe passed")
-                    .expect("static metric definition"),
+                IntGauge::new(
+                    "ready",
+                    "1 when the last readiness check found every dependency answering",
+                )
+                .expect("static metric definition"),
             ),
             topics_active: gauge(
                 r,

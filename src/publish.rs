@@ -3,6 +3,10 @@
 //!
 //! The key acts as a caller whose roles claim holds `service`, so the topic rules still decide
 //! which topics it may publish on, exactly as for the `publish` mutation with a service token.
+//!
+//! The endpoint shares the per-IP HTTP limit (`operations.http`) with GraphQL, and a refused key
+//! writes its audit row through the failed-attempt rate, so guessing is slow and leaves a bounded
+//! trail.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +92,7 @@ pub async fn publish(
             .auth_failures
             .with_label_values(&[reason])
             .inc();
-        state.audit.record(Entry {
+        state.audit.record_failure(Entry {
             action: "publish_key_refused",
             severity: Severity::Warn,
             user_id: None,

@@ -1,5 +1,7 @@
-//! The HTTP routes: the public router (GraphQL, GraphiQL assets, admin revocation) and the
-//! admin router (metrics and probes), merged when no separate admin listener is configured.
+//! The HTTP routes: the public router (GraphQL, GraphiQL assets, publish, admin revocation) and
+//! the admin router (metrics and probes). Without a separate admin listener, the probes and
+//! metrics are served on the public port, behind the per-IP limit, and `/readyz` there shows
+//! dependency details only to an admin.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -18,11 +20,9 @@ pub fn routers(
     separate_admin: bool,
 ) -> (Router, Option<Router>) {
     let config = &state.config;
-    let admin = Router::new()
+    let probes = Router::new()
         .route("/metrics", get(http::metrics))
-        .route("/healthz", get(http::healthz))
-        .route("/readyz", get(http::readyz))
-        .with_state(state.clone());
+        .route("/healthz", get(http::healthz));
     let origins: Vec<HeaderValue> = config
         .server
         .cors
@@ -34,28 +34,39 @@ pub fn routers(
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    // Per-IP request limits guard the GraphQL endpoint: queries over HTTP and WebSocket upgrades.
-    let graphql = Router::new()
+    // One per-IP budget covers every endpoint that runs work or checks a credential: GraphQL
+    // queries, WebSocket upgrades, the key and token checks of publish and revoke (which would
+    // otherwise let a key be guessed at full speed), the development sign-in, the web app's
+    // files, and on the public port the probes and metrics. Only GraphiQL's static files are free.
+    let limited = Router::new()
         .route(
             &config.server.graphql_path,
             get(http::graphql_get).post(http::graphql_post),
         )
-        .layer(http_limiter.layer());
-    let main = Router::new()
-        .merge(graphql)
-        .route("/graphiql/{file}", get(http::graphiql_asset))
         .route("/admin/revoke", post(admin::revoke))
         .route("/api/publish", post(publish::publish))
         .merge(crate::webapp::router())
-        .merge(crate::devlogin::router())
+        .merge(crate::devlogin::router());
+    let limited = if separate_admin {
+        limited
+    } else {
+        limited
+            .merge(probes.clone())
+            .route("/readyz", get(http::readyz))
+    }
+    .layer(http_limiter.layer());
+    let main = Router::new()
+        .merge(limited)
+        .route("/graphiql/{file}", get(http::graphiql_asset))
         .layer(DefaultBodyLimit::max(
             config.payload.max_message_bytes.bytes(),
         ))
         .layer(cors)
         .with_state(state.clone());
-    if separate_admin {
-        (main, Some(admin))
-    } else {
-        (main.merge(admin), None)
-    }
+    let admin = separate_admin.then(|| {
+        probes
+            .route("/readyz", get(http::readyz_detailed))
+            .with_state(state.clone())
+    });
+    (main, admin)
 }

@@ -28,6 +28,7 @@ use crate::limits::per_operation::OperationLimits;
 use crate::metrics::Metrics;
 use crate::presence::{self, Presence};
 use crate::publish::PublishKey;
+use crate::readiness::Readiness;
 use crate::registry::Registry;
 use crate::{bus, reload, retention, routes, tls};
 
@@ -79,6 +80,8 @@ pub struct AppState {
     pub dev_login: Option<Arc<crate::devlogin::DevLogin>>,
     /// Who is online on which topic.
     pub presence: Arc<Presence>,
+    /// The last readiness check, which `/readyz` serves.
+    pub readiness: Arc<Readiness>,
     /// Cancelled when the server starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket connections, which outlive the HTTP request that upgraded them.
@@ -175,12 +178,17 @@ impl Application {
             &settings.session_secrets,
             &db,
         );
+        let readiness = Readiness::new(db.clone(), redis.as_ref(), metrics.ready.clone())?;
         let state = AppState {
+            readiness,
             audit,
             auth,
             registry,
             operations,
-            client_ip: ClientIp::new(&config.server.trusted_proxies),
+            client_ip: ClientIp::new(
+                &config.server.trusted_proxies,
+                config.connections.ipv6_prefix,
+            ),
             tls: tls::load(config.server.tls.as_ref()).await?,
             live,
             schema,
@@ -243,9 +251,9 @@ impl Application {
             config_file,
         } = self;
         // Background tasks, each ending when shutdown is cancelled: the reload watcher (only with a
-        // file to watch), the retention job, and the registry's (orders from other instances,
-        // lease renewals). The watcher tells the retention job of each applied reload, so that
-        // it reschedules instead of deleting within the reload.
+        // file to watch), the retention job, the registry's (orders from other instances, lease
+        // renewals), and the readiness checks. The watcher tells the retention job of each applied
+        // reload, so that it reschedules instead of deleting within the reload.
         let (reloaded, on_reload) = tokio::sync::watch::channel(());
         if let Some((path, loaded)) = config_file {
             let targets = reload::Targets {
@@ -264,6 +272,10 @@ impl Application {
             state.shutdown.clone(),
         ));
         tokio::spawn(state.registry.clone().run(state.shutdown.clone()));
+        // The first check is done before serving, so `/readyz` never answers from no check at
+        // all; the task then repeats it on its timer until shutdown.
+        state.readiness.check().await;
+        tokio::spawn(state.readiness.clone().run(state.shutdown.clone()));
         let http_limiter = HttpLimiter::new(&state.config.operations.http, state.client_ip.clone());
         let (main, admin) = routes::routers(&state, &http_limiter, admin_listener.is_some());
         let shutdown = state.shutdown.clone();
@@ -286,12 +298,14 @@ impl Application {
                 .await
             })
         };
-        // Rate-limiter state of idle IPs and users is forgotten once a minute, so memory stays
-        // bounded however many distinct clients come and go.
+        // Rate-limiter state of idle IPs and users, and the audit's failed-attempt counts, is
+        // forgotten once a minute, so memory stays bounded however many distinct clients come
+        // and go.
         tokio::spawn({
-            let (registry, operations, shutdown) = (
+            let (registry, operations, audit, shutdown) = (
                 state.registry.clone(),
                 state.operations.clone(),
+                state.audit.clone(),
                 shutdown.clone(),
             );
             async move {
@@ -300,6 +314,7 @@ impl Application {
                     registry.retain_recent();
                     http_limiter.retain_recent();
                     operations.retain_recent();
+                    audit.retain_recent();
                 }
             }
         });

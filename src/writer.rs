@@ -13,6 +13,17 @@ use crate::db::Database;
 /// Rows waiting for the writer; beyond this a log sheds load rather than memory.
 const QUEUE: usize = 4096;
 
+/// Bytes that one client-supplied string (a User-Agent, a header, a topic, an origin) may take in
+/// a log row. Together with [`QUEUE`] this bounds what a client can make the log queues hold, and
+/// keeps a 60 KB header from being stored 60 KB at a time.
+pub const MAX_TEXT_BYTES: usize = 512;
+
+/// `text` cut to at most [`MAX_TEXT_BYTES`], at a UTF-8 character boundary. Every string a log
+/// row takes from a client goes through this before the row is queued or written.
+pub fn bounded(text: &str) -> &str {
+    &text[..text.floor_char_boundary(MAX_TEXT_BYTES)]
+}
+
 /// One row of a log table.
 pub trait Row: Send + 'static {
     /// The table, for the warning logged when a row is dropped.
@@ -87,5 +98,23 @@ async fn write_loop<R: Row>(db: Database, mut rx: mpsc::Receiver<Command<R>>, dr
                 let _ = done.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary_and_short_text_is_kept() {
+        assert_eq!(bounded("Mozilla/5.0"), "Mozilla/5.0");
+        let long = "a".repeat(MAX_TEXT_BYTES - 1) + "é" + "tail";
+        let cut = bounded(&long);
+        assert_eq!(
+            cut.len(),
+            MAX_TEXT_BYTES - 1,
+            "the two-byte é would end past the bound"
+        );
+        assert_eq!(bounded(&"x".repeat(60_000)).len(), MAX_TEXT_BYTES);
     }
 }

@@ -27,6 +27,12 @@ pub struct Connections {
     /// Upgrade requests one client IP may make per minute. Default `120`; more get HTTP 429.
     #[validate(range(min = 1, max = 100_000))]
     pub connects_per_minute_per_ip: u32,
+    /// Leading bits of an IPv6 address that name one client, for every per-IP limit
+    /// (`max_per_ip`, `connects_per_minute_per_ip`, `operations.http`) and the `ip` of log rows.
+    /// Default `64` (the customary size of one host's or one home's network), range 1 to 128
+    /// (`128`: each address on its own). Every address inside one prefix shares its limits.
+    #[validate(range(min = 1, max = 128))]
+    pub ipv6_prefix: u8,
     /// How often the server pings each connection (WebSocket ping frame). Default `25s`.
     #[validate(range(min = Duration::secs(1), max = Duration::mins(10)))]
     pub ping_interval: Duration,
@@ -57,6 +63,7 @@ impl Default for Connections {
             max_per_ip: 100,
             reconnects_per_minute: 5,
             connects_per_minute_per_ip: 120,
+            ipv6_prefix: 64,
             ping_interval: Duration::secs(25),
             pong_timeout: Duration::secs(20),
             max_operations: 100,

@@ -39,7 +39,7 @@ impl Row for LogRow {
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&self.entry.user)
-            .bind(&self.entry.topic)
+            .bind(crate::writer::bounded(&self.entry.topic))
             .bind(&self.entry.connection)
             .bind(&self.instance)
             .bind(status)

@@ -3,7 +3,7 @@
 //!
 //! # Redis key layout
 //!
-//! - `{key_prefix}:registry:ip:{<ip>}` and `{key_prefix}:registry:user:{<user id>}`: sorted sets
+//! - `{key_prefix}:registry:ip:{<ip>}` (an IPv6 client's prefix, `2001:db8::/64`) and `{key_prefix}:registry:user:{<user id>}`: sorted sets
 //!   of leases (see `lua.rs` for members and scores). The braces are a Redis Cluster hash tag, so
 //!   each set is its own slot and each script touches one. A lease is removed when its connection
 //!   closes, and ignored (then pruned) once its instance stopped renewing it for a lease time;

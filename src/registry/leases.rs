@@ -1,18 +1,18 @@
 //! The life of this instance's leases in Redis: renewed every third of a lease time while their
 //! connections are open, released when they end.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::Registry;
 use super::local::LeaseKey;
+use crate::client_ip::IpBucket;
 
 /// Held by a connection for its life; dropping it frees the IP's slot.
 pub struct IpSlot {
     pub(super) registry: Arc<Registry>,
-    pub(super) ip: IpAddr,
+    pub(super) ip: IpBucket,
     pub(super) lease: String,
 }
 

@@ -3,11 +3,11 @@
 //! closes, and which leases the refresh renews.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::client_ip::IpBucket;
 use crate::transport::control::{ConnectionHandle, Control, Notice, NoticeKind};
 use crate::transport::protocol::{Close, code};
 
@@ -18,7 +18,7 @@ const PENDING_REPLACE: Duration = Duration::from_secs(10);
 /// The lease set a slot belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum LeaseKey {
-    Ip(IpAddr),
+    Ip(IpBucket),
     User(String),
 }
 
@@ -41,7 +41,7 @@ pub(super) fn session_digest(session_id: &str) -> String {
 #[derive(Default)]
 pub(super) struct Local {
     /// The leases of each IP's connections.
-    per_ip: HashMap<IpAddr, Vec<String>>,
+    per_ip: HashMap<IpBucket, Vec<String>>,
     /// Each user's connections, oldest first.
     per_user: HashMap<String, Vec<Member>>,
     /// Connections another admission replaced before their own admission finished here (the
@@ -75,11 +75,11 @@ impl Local {
         }
     }
 
-    pub fn insert_ip(&mut self, ip: IpAddr, lease: String) {
+    pub fn insert_ip(&mut self, ip: IpBucket, lease: String) {
         self.per_ip.entry(ip).or_default().push(lease);
     }
 
-    pub fn remove_ip(&mut self, ip: IpAddr, lease: &str) {
+    pub fn remove_ip(&mut self, ip: IpBucket, lease: &str) {
         if let Some(leases) = self.per_ip.get_mut(&ip) {
             leases.retain(|l| l != lease);
             if leases.is_empty() {

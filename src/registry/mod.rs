@@ -24,7 +24,6 @@ mod remote;
 #[cfg(test)]
 mod tests;
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use self::local::{LeaseKey, Local, Member, session_digest};
 use self::rate::Rate;
 use self::remote::Order;
 use crate::bus::{Bus, Delivery};
+use crate::client_ip::IpBucket;
 use crate::config::{Config, Connections, OnUserLimit};
 use crate::metrics::Metrics;
 use crate::transport::control::ConnectionHandle;
@@ -120,8 +120,8 @@ impl Registry {
         self.local.lock().expect("registry lock poisoned")
     }
 
-    /// Admits an upgrade from `ip`, before the handshake.
-    pub async fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, Refusal> {
+    /// Admits an upgrade from `ip` (an IPv6 client's whole prefix), before the handshake.
+    pub async fn admit_ip(self: &Arc<Self>, ip: IpBucket) -> Result<IpSlot, Refusal> {
         self.rate(&self.connects_per_ip, &format!("$connects:ip:{ip}"))
             .await
             .map_err(|retry_after| Refusal::IpRate { retry_after })?;

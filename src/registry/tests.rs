@@ -43,12 +43,25 @@ async fn closed_with(rx: &mut Receiver<Control>) -> Option<(NoticeKind, u16)> {
 #[tokio::test]
 async fn ip_slots_are_counted_and_freed_on_drop() {
     let registry = registry(&config(5, OnUserLimit::RejectNew), memory_bus(), "a");
-    let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    let ip = IpBucket::new("10.0.0.1".parse().unwrap(), 64);
     let a = registry.admit_ip(ip).await.unwrap();
     let _b = registry.admit_ip(ip).await.unwrap();
     assert_eq!(registry.admit_ip(ip).await.err(), Some(Refusal::IpFull));
     drop(a);
     assert!(registry.admit_ip(ip).await.is_ok());
+}
+
+#[tokio::test]
+async fn addresses_of_one_ipv6_prefix_share_the_slots_of_one_ip() {
+    let registry = registry(&config(5, OnUserLimit::RejectNew), memory_bus(), "a");
+    let host = |ip: &str| IpBucket::new(ip.parse().unwrap(), 64);
+    let _a = registry.admit_ip(host("2001:db8:1:2::a")).await.unwrap();
+    let _b = registry.admit_ip(host("2001:db8:1:2::b")).await.unwrap();
+    assert_eq!(
+        registry.admit_ip(host("2001:db8:1:2:ffff::c")).await.err(),
+        Some(Refusal::IpFull)
+    );
+    assert!(registry.admit_ip(host("2001:db8:1:3::a")).await.is_ok());
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ pub async fn upgrade(
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+            .map(|agent| crate::writer::bounded(agent).to_string()),
         headers,
         query_token,
         _ip_slot: ip_slot,

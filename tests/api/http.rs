@@ -1,6 +1,17 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{redis_url, spawn_app};
+use crate::helpers::{TestApp, redis_url, spawn_app};
+
+/// `/readyz` as an admin, who is shown each dependency's check on the public port.
+pub async fn readyz_as_admin(app: &TestApp) -> reqwest::Response {
+    let roles = serde_json::Map::from_iter([("roles".to_string(), json!(["admin"]))]);
+    reqwest::Client::new()
+        .get(app.url("/readyz"))
+        .bearer_auth(app.token_with("ops", roles))
+        .send()
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn a_query_over_http_post_answers_with_server_info() {
@@ -103,7 +114,7 @@ async fn healthz_answers_ok() {
 #[tokio::test]
 async fn readyz_reports_the_database_as_ready() {
     let app = spawn_app().await;
-    let response = reqwest::get(app.url("/readyz")).await.unwrap();
+    let response = readyz_as_admin(&app).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(
@@ -149,12 +160,7 @@ async fn admin_endpoints_move_to_admin_listen_when_it_is_set() {
 #[tokio::test]
 async fn readyz_checks_redis_when_it_is_configured() {
     let app = crate::helpers::spawn_app_with_redis(&redis_url(), |_| {}).await;
-    let body: Value = reqwest::get(app.url("/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = readyz_as_admin(&app).await.json().await.unwrap();
     assert_eq!(body["status"], "ready");
     assert_eq!(body["checks"]["redis"]["ok"], true);
 }
@@ -167,7 +173,7 @@ async fn readyz_fails_with_503_naming_redis_when_it_is_unreachable() {
     };
     let app =
         crate::helpers::spawn_app_with_redis(&format!("redis://127.0.0.1:{port}"), |_| {}).await;
-    let response = reqwest::get(app.url("/readyz")).await.unwrap();
+    let response = readyz_as_admin(&app).await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["database"]["ok"], true);
