@@ -17,6 +17,7 @@
 //! refresh re-joins this instance's connections that Redis lost, and the sweeper removes entries
 //! this instance could not remove, once their lease runs out.
 
+mod local;
 mod log;
 mod memory;
 mod queue;
@@ -227,7 +228,8 @@ impl Presence {
             ));
         }
         let (tx, rx) = queue::channel(setup.streams.presence_queue as usize, &setup.metrics);
-        tokio::spawn(worker::run(rx, store.clone(), reporter, ttl / 3));
+        let linger = setup.streams.presence_linger.get();
+        tokio::spawn(worker::run(rx, store.clone(), reporter, ttl / 3, linger));
         Ok(Arc::new(Self { tx, store }))
     }
 

@@ -418,3 +418,67 @@ async fn made_up_resume_ids_are_bad_user_input_in_process_too() {
     let app = spawn_app_with(|_| {}).await;
     made_up_ids_are_refused(&app).await;
 }
+
+/// The presence log's (user, status) rows.
+async fn presence_rows(app: &TestApp) -> Vec<(String, String)> {
+    palisade::on_pool!(&app.state.db, |pool| {
+        sqlx::query_as("SELECT user_id, status FROM presence_log ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    })
+}
+
+#[tokio::test]
+async fn subscription_churn_on_one_topic_shows_watchers_one_join_and_one_leave() {
+    let app = spawn_app_with(roomy).await;
+    const TOPIC: &str = "system:lobby";
+    let mut watcher = app.ws_acked("bob").await;
+    let presence = json!({ "query": "subscription($t: String!) { presence(topic: $t) { type userId } }", "variables": { "t": TOPIC } });
+    watcher
+        .send(json!({ "id": "p", "type": "subscribe", "payload": presence }))
+        .await;
+    let change = |message: &Value| {
+        let event = &message["payload"]["data"]["presence"];
+        format!(
+            "{} {}",
+            event["type"].as_str().unwrap(),
+            event["userId"].as_str().unwrap()
+        )
+    };
+    assert_eq!(change(&watcher.recv().await), "JOIN bob");
+    let own = until(&app, "palisade_topics_active", |v| v >= 1.0).await;
+
+    let mut churner = app.ws_acked("alice").await;
+    for _ in 0..300 {
+        subscribe(&mut churner, "c", TOPIC, None).await;
+        until(&app, "palisade_topics_active", |v| v > own).await;
+        complete(&mut churner, "c").await;
+        until(&app, "palisade_topics_active", |v| v == own).await;
+    }
+    // The LEAVE comes once alice has been gone for the linger (2s by default).
+    let mut seen = Vec::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(4), watcher.recv()).await {
+        seen.push(change(&message));
+    }
+    assert_eq!(seen, ["JOIN alice", "LEAVE alice"]);
+    // Rows are written in the background.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let alice = loop {
+        let alice: Vec<String> = presence_rows(&app)
+            .await
+            .into_iter()
+            .filter(|(user, _)| user == "alice")
+            .map(|(_, status)| status)
+            .collect();
+        if alice.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break alice;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        alice,
+        ["online", "offline"],
+        "one pair of rows, not one per cycle"
+    );
+}
