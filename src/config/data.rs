@@ -174,6 +174,13 @@ pub struct Streams {
     /// per subscription that joined. Read at startup.
     #[validate(range(min = 1, max = 1_000_000))]
     pub presence_queue: u32,
+    /// How long a connection stays present on a topic after its last subscription to it ends.
+    /// Default `2s`, at most `60s`; `0s` leaves at once. Subscribing again within it publishes
+    /// nothing and writes no `presence_log` row, so a client cycling subscriptions costs one JOIN
+    /// and one LEAVE per topic (and a pair of rows per connection and topic) per linger, not one
+    /// per cycle. Read at startup.
+    #[validate(range(min = Duration::secs(0), max = Duration::secs(60)))]
+    pub presence_linger: Duration,
 }
 
 impl Default for Streams {
@@ -188,6 +195,7 @@ impl Default for Streams {
             max_replays: 32,
             max_replays_per_connection: 4,
             presence_queue: 4096,
+            presence_linger: Duration::secs(2),
         }
     }
 }

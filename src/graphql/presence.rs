@@ -20,8 +20,9 @@ use crate::topics::Action;
 pub enum PresenceChange {
     /// The user came online: their first connection subscribed to the topic.
     Join,
-    /// The user went offline: their last subscription to the topic ended, or the instance
-    /// serving it stopped and `streams.presence_ttl` passed.
+    /// The user went offline: `streams.presence_linger` passed since their last subscription
+    /// to the topic ended (re-subscribing within it sends neither this nor a new JOIN), or the
+    /// instance serving it stopped and `streams.presence_ttl` passed.
     Leave,
 }
 
@@ -155,8 +156,9 @@ pub struct PresenceSubscription;
 impl PresenceSubscription {
     /// JOIN and LEAVE of users on a topic. A user JOINs when their first connection subscribes
     /// to the topic (`events`, `messages` on `conversation:<id>`, or `presence`, on any instance),
-    /// and LEAVEs when their last such subscription ends, or within `streams.presence_ttl` after
-    /// the instance serving it stopped. The subscription starts with a JOIN for each user already
+    /// and LEAVEs `streams.presence_linger` after their last such subscription ends (so a user
+    /// re-subscribing within it never LEAVEs), or within `streams.presence_ttl` after the
+    /// instance serving it stopped. The subscription starts with a JOIN for each user already
     /// online (this connection included: subscribing makes it present), then sends each change
     /// once, in order per user. Needs a `subscribe` grant of the topic's rule (FORBIDDEN
     /// otherwise).

@@ -2,10 +2,11 @@
 //!
 //! An authenticated WebSocket connection is *present* on a topic while it holds at least one
 //! subscription to it (`events(topic)`, `messages` on `conversation:<id>`, `presence(topic)`); a
-//! user is *online* while at least one of their connections is present, on any instance. A user
-//! going from no present connection to one is a JOIN, back to none a LEAVE. Transitions travel over
-//! the bus on the internal topic `$presence:<topic>` and are written to `presence_log` per
-//! connection (`online`/`offline`).
+//! user is *online* while at least one of their connections is present, on any instance. A
+//! connection stays present for `streams.presence_linger` after its last subscription ends
+//! ([`local`]), so churn is not news. A user going from no present connection to one is a JOIN,
+//! back to none a LEAVE. Transitions travel over the bus on the internal topic
+//! `$presence:<topic>` and are written to `presence_log` per connection (`online`/`offline`).
 //!
 //! The state lives in Redis when `REDIS_URL` is set (shared by every instance, see [`redis`] for
 //! the key layout and [`sweep`] for how a dead instance's entries are forgotten), in this process
@@ -17,6 +18,7 @@
 //! refresh re-joins this instance's connections that Redis lost, and the sweeper removes entries
 //! this instance could not remove, once their lease runs out.
 
+mod local;
 mod log;
 mod memory;
 mod queue;
@@ -227,7 +229,8 @@ impl Presence {
             ));
         }
         let (tx, rx) = queue::channel(setup.streams.presence_queue as usize, &setup.metrics);
-        tokio::spawn(worker::run(rx, store.clone(), reporter, ttl / 3));
+        let linger = setup.streams.presence_linger.get();
+        tokio::spawn(worker::run(rx, store.clone(), reporter, ttl / 3, linger));
         Ok(Arc::new(Self { tx, store }))
     }
 

@@ -5,14 +5,13 @@
 //! happened without any lock; commands that queue up while a round trip is in flight are applied
 //! together as one batch (one pipelined round trip to Redis).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry as Slot;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 
+use super::local::Local;
 use super::log::{LogRow, Status};
 use super::queue::Receiver;
 use super::{Change, Entry, Op, Outcome, Store, Transition, bus_topic, timestamp};
@@ -102,20 +101,15 @@ impl Reporter {
     }
 }
 
-/// Subscriptions of one connection to one topic: the connection is present while there is one.
-struct Local {
-    user: String,
-    subscriptions: usize,
-}
-
 /// Runs until [`Command::Stop`], or until every handle is gone.
 pub async fn run(
     mut rx: Receiver,
     store: Arc<Store>,
     reporter: Arc<Reporter>,
     refresh_every: Duration,
+    linger: Duration,
 ) {
-    let mut local: HashMap<(String, String), Local> = HashMap::new();
+    let mut local = Local::new(linger);
     let mut refresh = tokio::time::interval(refresh_every);
     refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -134,6 +128,12 @@ pub async fn run(
                     return;
                 }
             }
+            // Connections that lingered long enough after their last subscription leave.
+            _ = tokio::time::sleep_until(local.next_due().unwrap_or_else(Instant::now)),
+                if local.next_due().is_some() => {
+                let leaves = local.due(Instant::now());
+                reporter.apply(&store, leaves).await;
+            }
             // Re-leases this instance's entries well before they expire (every third of the
             // lease), so that only an instance that stopped refreshing loses them. In process
             // nothing expires.
@@ -141,15 +141,7 @@ pub async fn run(
                 if local.is_empty() {
                     continue;
                 }
-                let entries = local
-                    .iter()
-                    .map(|((topic, connection), l)| Entry {
-                        topic: topic.clone(),
-                        connection: connection.clone(),
-                        user: l.user.clone(),
-                    })
-                    .collect();
-                match store.refresh(entries).await {
+                match store.refresh(local.entries()).await {
                     // Joins here are entries Redis lost (swept during an outage): back online.
                     Ok(outcomes) => {
                         for outcome in &outcomes {
@@ -166,52 +158,22 @@ pub async fn run(
 }
 
 /// Applies one batch of commands; true when it held a `Stop`.
-async fn step(
-    local: &mut HashMap<(String, String), Local>,
-    batch: Vec<Command>,
-    store: &Store,
-    reporter: &Reporter,
-) -> bool {
+async fn step(local: &mut Local, batch: Vec<Command>, store: &Store, reporter: &Reporter) -> bool {
     let mut ops = Vec::new();
     let mut waiting = Vec::new();
     let mut stop = None;
     for command in batch {
         match command {
             Command::Enter(entry, done) => {
-                let key = (entry.topic.clone(), entry.connection.clone());
-                let slot = local.entry(key).or_insert_with(|| Local {
-                    user: entry.user.clone(),
-                    subscriptions: 0,
-                });
-                slot.subscriptions += 1;
-                if slot.subscriptions == 1 {
-                    ops.push((Op::Join, entry));
-                }
+                ops.extend(local.enter(entry));
                 waiting.push(done);
             }
-            Command::Exit(entry) => {
-                if let Slot::Occupied(mut slot) =
-                    local.entry((entry.topic.clone(), entry.connection.clone()))
-                {
-                    slot.get_mut().subscriptions -= 1;
-                    if slot.get().subscriptions == 0 {
-                        slot.remove();
-                        ops.push((Op::Leave, entry));
-                    }
-                }
-            }
+            Command::Exit(entry) => ops.extend(local.exit(entry, Instant::now())),
             Command::Stop(done) => stop = Some(done),
         }
     }
     if stop.is_some() {
-        ops.extend(local.drain().map(|((topic, connection), l)| {
-            let entry = Entry {
-                topic,
-                connection,
-                user: l.user,
-            };
-            (Op::Leave, entry)
-        }));
+        ops.extend(local.drain());
     }
     reporter.apply(store, ops).await;
     for done in waiting {

@@ -47,11 +47,11 @@ pub struct Bounds {
 }
 
 /// The newest events of `topic` after `after` in stream `key`, within `bounds`, or `Err(after)`
-/// when `after` is [unknown](EventId::unknown) to the stream. The scan goes
-/// from the newest entry back, so it stops as soon as it has one event more than it can replay,
-/// and it is bounded by the stream's length (`streams.maxlen`) otherwise. Pages shrink when the
-/// shard's entries are big, so a page holds about as much as the replay may (other topics'
-/// entries included), however large the entries are.
+/// when `after` is [unknown](EventId::unknown) to the stream. The scan goes from the newest entry
+/// back, so it stops as soon as it has one event more than it can replay, and it is bounded by
+/// the stream's length (`streams.maxlen`) otherwise. Pages are sized by the entries seen so far
+/// to hold about `bounds.bytes` (other topics' entries included), and never more than
+/// [`MIN_PAGE`] entries when those are bigger than that.
 #[tracing::instrument(skip(conn))]
 pub async fn read(
     conn: &mut impl ConnectionLike,
