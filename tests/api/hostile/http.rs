@@ -1,16 +1,19 @@
-//! HTTP endpoints: the per-IP limiter, IPv6 prefixes, and strings written to the database.
+//! HTTP endpoints: the per-IP limiter (publish and revoke included) and IPv6 prefixes here;
+//! strings written to the database, the probes, and GraphQL over HTTP's method and media-type
+//! rules in the submodules.
+
+mod methods;
+mod probes;
+mod strings;
 
 use palisade::audit::FAILED_ATTEMPT_BURST;
-use palisade::writer::MAX_TEXT_BYTES;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    PrivateRedis, TestApp, redis_url, spawn_app_with, spawn_instance, unique_prefix,
-};
+use crate::helpers::{TestApp, redis_url, spawn_app_with, spawn_instance, unique_prefix};
 
 /// `POST path` with a bearer credential and a JSON body, from `forwarded_for` when given (only
 /// believed when the test trusts loopback as a proxy).
-async fn post(
+pub(super) async fn post(
     app: &TestApp,
     path: &str,
     bearer: &str,
@@ -48,14 +51,14 @@ async fn query_from(app: &TestApp, forwarded_for: &str) -> u16 {
         .as_u16()
 }
 
-async fn code_of(response: reqwest::Response) -> (u16, Value) {
+pub(super) async fn code_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
     (status, body["errors"][0]["extensions"]["code"].clone())
 }
 
 /// The audit rows of `action`: (ip, metadata as JSON text).
-async fn audit_rows(app: &TestApp, action: &str) -> Vec<(Option<String>, String)> {
+pub(super) async fn audit_rows(app: &TestApp, action: &str) -> Vec<(Option<String>, String)> {
     app.state.audit.flush().await;
     palisade::on_pool!(&app.state.db, |pool| {
         sqlx::query_as(
@@ -218,266 +221,4 @@ async fn across_instances_ipv6_clients_of_one_prefix_share_max_per_ip_in_redis()
             .err(),
         Some(429)
     );
-}
-
-#[tokio::test]
-async fn a_60_kb_user_agent_is_stored_as_at_most_512_bytes() {
-    let app = spawn_app_with(|_| {}).await;
-    let agent = "A".repeat(60_000);
-    let mut client = app
-        .try_ws("/graphql", &[("user-agent", &agent)])
-        .await
-        .unwrap();
-    client
-        .send(json!({ "type": "connection_init", "payload": { "token": app.token("alice") } }))
-        .await;
-    assert_eq!(client.recv().await["type"], "connection_ack");
-    drop(client);
-    crate::helpers::closed_connection_rows(&app.state.db).await;
-    let (stored,): (String,) = palisade::on_pool!(&app.state.db, |pool| {
-        sqlx::query_as("SELECT user_agent FROM connection_log")
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    });
-    assert_eq!(stored.len(), MAX_TEXT_BYTES);
-    assert!(agent.starts_with(&stored));
-}
-
-fn longest_string(value: &Value) -> usize {
-    match value {
-        Value::String(text) => text.len(),
-        Value::Array(items) => items.iter().map(longest_string).max().unwrap_or(0),
-        Value::Object(map) => map
-            .iter()
-            .map(|(key, value)| key.len().max(longest_string(value)))
-            .max()
-            .unwrap_or(0),
-        _ => 0,
-    }
-}
-
-#[tokio::test]
-async fn the_headers_of_an_audit_row_are_cut_to_512_bytes_each() {
-    let app = spawn_app_with(|_| {}).await;
-    let name = format!("x-{}", "n".repeat(4_000));
-    let agent = "A".repeat(60_000);
-    let mut client = app
-        .try_ws("/graphql", &[(&name, "value"), ("user-agent", &agent)])
-        .await
-        .unwrap();
-    client
-        .send(json!({ "type": "connection_init", "payload": { "token": "not-a-jwt" } }))
-        .await;
-    assert_eq!(client.closed().await.0, 4403);
-    let rows = audit_rows(&app, "socket.auth_failed").await;
-    let metadata: Value = serde_json::from_str(&rows[0].1).unwrap();
-    assert!(metadata["headers"].as_object().unwrap().len() > 2);
-    assert!(
-        longest_string(&metadata) <= MAX_TEXT_BYTES,
-        "{} bytes",
-        longest_string(&metadata)
-    );
-}
-
-/// Connections Redis has accepted since it started (`INFO stats`), read over one connection kept
-/// for the whole test so that reading it opens none.
-async fn redis_connections(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(connection)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_connections_received:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-#[tokio::test]
-async fn readyz_is_served_from_the_last_check_and_opens_no_redis_connection_per_request() {
-    let redis = PrivateRedis::start().await;
-    let app = crate::helpers::spawn_app_with_redis(&redis.url(), |_| {}).await;
-    let mut watcher = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    assert_eq!(
-        reqwest::get(app.url("/readyz")).await.unwrap().status(),
-        200
-    );
-    let before = redis_connections(&mut watcher).await;
-    for _ in 0..50 {
-        assert_eq!(
-            reqwest::get(app.url("/readyz")).await.unwrap().status(),
-            200
-        );
-    }
-    let opened = redis_connections(&mut watcher).await - before;
-    assert!(opened <= 1, "50 probes opened {opened} Redis connections");
-}
-
-fn admin_token(app: &TestApp) -> String {
-    app.token_with(
-        "ops",
-        serde_json::Map::from_iter([("roles".to_string(), json!(["admin"]))]),
-    )
-}
-
-#[tokio::test]
-async fn the_public_readyz_names_no_dependency_unless_the_caller_is_an_admin() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app =
-        crate::helpers::spawn_app_with_redis(&format!("redis://127.0.0.1:{closed_port}"), |_| {})
-            .await;
-    let public = reqwest::get(app.url("/readyz")).await.unwrap();
-    assert_eq!(public.status(), 503);
-    assert_eq!(
-        public.json::<Value>().await.unwrap(),
-        json!({ "status": "unavailable" })
-    );
-    let stranger = reqwest::Client::new()
-        .get(app.url("/readyz"))
-        .bearer_auth(app.token("alice"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        stranger.json::<Value>().await.unwrap(),
-        json!({ "status": "unavailable" })
-    );
-
-    let admin = reqwest::Client::new()
-        .get(app.url("/readyz"))
-        .bearer_auth(admin_token(&app))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(admin.status(), 503);
-    let body: Value = admin.json().await.unwrap();
-    assert_eq!(body["checks"]["redis"]["ok"], false);
-    assert!(body["checks"]["redis"]["error"].as_str().unwrap().len() > 5);
-}
-
-#[tokio::test]
-async fn on_admin_listen_readyz_shows_every_check() {
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let _app = spawn_app_with(|c| c.server.admin_listen = Some(admin_addr)).await;
-    let body: Value = reqwest::get(format!("http://{admin_addr}/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["status"], "ready");
-    assert_eq!(body["checks"]["database"]["ok"], true);
-}
-
-#[tokio::test]
-async fn probes_and_metrics_on_the_public_port_are_behind_the_per_ip_limit() {
-    let app = spawn_app_with(|c| {
-        c.operations.http.per_ip_per_second = 1;
-        c.operations.http.burst = 2;
-    })
-    .await;
-    assert_eq!(
-        reqwest::get(app.url("/metrics")).await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        reqwest::get(app.url("/readyz")).await.unwrap().status(),
-        200
-    );
-    for path in ["/readyz", "/metrics", "/healthz"] {
-        let (status, code) = code_of(reqwest::get(app.url(path)).await.unwrap()).await;
-        assert_eq!((status, code), (429, json!("HTTP_RATE_LIMITED")), "{path}");
-    }
-}
-
-#[tokio::test]
-async fn a_mutation_over_get_gets_405_and_is_not_executed() {
-    let app = spawn_app_with(|_| {}).await;
-    let service = app.token_with(
-        "svc",
-        serde_json::Map::from_iter([("roles".to_string(), json!(["service"]))]),
-    );
-    let get = |query: &str| {
-        reqwest::Client::new()
-            .get(app.url("/graphql"))
-            .query(&[("query", query)])
-            .bearer_auth(&service)
-    };
-    let mutation = r#"mutation { publish(topic: "system:t", type: "x") { id } }"#;
-    let refused = get(mutation).send().await.unwrap();
-    assert_eq!(refused.headers()["allow"], "POST");
-    assert_eq!(code_of(refused).await, (405, json!("METHOD_NOT_ALLOWED")));
-    // Chosen among other operations (async-graphql reads the name from `operation_name` on GET),
-    // it is refused all the same.
-    let named = format!(
-        "query Q {{ me {{ id }} }} {}",
-        mutation.replacen("mutation", "mutation M", 1)
-    );
-    let refused = get(&named)
-        .query(&[("operation_name", "M")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 405);
-    let query = get("{ me { id } }").send().await.unwrap();
-    assert_eq!(query.status(), 200);
-
-    let text = app.metrics_text().await;
-    assert!(
-        !text.contains("type=\"mutation\""),
-        "no mutation ran:\n{text}"
-    );
-}
-
-#[tokio::test]
-async fn a_graphql_post_that_is_not_json_gets_415() {
-    let app = spawn_app_with(|_| {}).await;
-    let body = json!({ "query": "{ me { id } }" }).to_string();
-    let send = |content_type: Option<&'static str>| {
-        let mut request = reqwest::Client::new()
-            .post(app.url("/graphql"))
-            .bearer_auth(app.token("alice"))
-            .body(body.clone());
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        request.send()
-    };
-    for refused in [
-        Some("text/plain"),
-        Some("application/x-www-form-urlencoded"),
-        Some("multipart/form-data; boundary=x"),
-        None,
-    ] {
-        let response = send(refused).await.unwrap();
-        assert_eq!(
-            code_of(response).await,
-            (415, json!("UNSUPPORTED_MEDIA_TYPE")),
-            "{refused:?}"
-        );
-    }
-    for accepted in [
-        "application/json",
-        "application/json; charset=utf-8",
-        "application/graphql-response+json",
-    ] {
-        let response = send(Some(accepted)).await.unwrap();
-        assert_eq!(response.status(), 200, "{accepted}");
-    }
 }
