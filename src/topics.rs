@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::config::{Grant, TopicRule, Topics};
+use crate::config::{Grant, Topics};
 use crate::db::Database;
 use crate::on_pool;
 
@@ -93,15 +93,6 @@ pub async fn check(
         rule.pattern,
         action.as_str()
     )))
-}
-
-/// Whether `topic` falls under a rule marked `system`.
-pub fn is_system(topics: &Topics, topic: &str) -> bool {
-    topics
-        .rules
-        .iter()
-        .find(|r| bind(&r.pattern, topic).is_some())
-        .is_some_and(|r: &TopicRule| r.system)
 }
 
 async fn granted(

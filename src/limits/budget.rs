@@ -5,16 +5,23 @@
 //! The budget reads `operations.rate_limit` from the live configuration on every operation: when a
 //! reload changed it, the quota is rebuilt (with a fresh count), so new limits apply to connections
 //! that are already open.
+//!
+//! Operations are counted in the order the client sent them, not in the order their tasks happen
+//! to run: the connection loop takes a [`Ticket`] for each message on arrival, and the guard counts
+//! a ticket only once every earlier ticket was counted or released. So the (limit+1)-th counted
+//! message is the one refused, every time.
 
+use std::collections::BTreeSet;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::{LiveConfig, OnExceed, RateLimit};
@@ -89,10 +96,45 @@ impl ActiveQuota {
     }
 }
 
+/// Which ticket's turn it is.
+#[derive(Default)]
+struct Turns {
+    /// Tickets handed out so far; the next one gets this number.
+    issued: u64,
+    /// The ticket whose turn it is: every earlier one was counted or released.
+    serving: u64,
+    /// Tickets released before their turn (their operation was refused or dropped early). At most
+    /// as many as the connection's operations still in flight.
+    released_early: BTreeSet<u64>,
+}
+
+impl Turns {
+    /// Ends ticket `seq`'s turn; whether the turn moved on.
+    fn finish(&mut self, seq: u64) -> bool {
+        if seq < self.serving {
+            return false;
+        }
+        if seq > self.serving {
+            self.released_early.insert(seq);
+            return false;
+        }
+        self.serving += 1;
+        while self.released_early.remove(&self.serving) {
+            self.serving += 1;
+        }
+        true
+    }
+}
+
 pub struct Budget {
     live: LiveConfig,
     quota: Mutex<ActiveQuota>,
     warnings: broadcast::Sender<Warning>,
+    /// Waiting tickets watch it for their turn.
+    turns: watch::Sender<Turns>,
+    /// Set by the first refusal that closes the connection: however many operations are refused
+    /// before the close, one final warning goes out.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Budget {
@@ -108,11 +150,33 @@ impl Budget {
             live,
             quota: Mutex::new(quota),
             warnings: broadcast::channel(WARNING_BUFFER).0,
+            turns: watch::Sender::new(Turns::default()),
+            closing: AtomicBool::new(false),
         }
     }
 
+    /// A place in the counting order, taken when a message arrives.
+    pub fn ticket(self: &Arc<Self>) -> Ticket {
+        let mut seq = 0;
+        // Nobody waits for a ticket to be handed out: no wake-up.
+        self.turns.send_if_modified(|turns| {
+            seq = turns.issued;
+            turns.issued += 1;
+            false
+        });
+        Ticket {
+            budget: self.clone(),
+            seq,
+        }
+    }
+
+    /// Whether this is the first refusal to close the connection (the one that warns).
+    pub fn close_once(&self) -> bool {
+        !self.closing.swap(true, Ordering::AcqRel)
+    }
+
     /// Counts one operation.
-    pub fn consume(&self) -> Verdict {
+    fn consume(&self) -> Verdict {
         let mut quota = self.quota.lock().expect("budget lock poisoned");
         let rules = &self.live.load().operations.rate_limit;
         if *rules != quota.rules {
@@ -154,6 +218,46 @@ impl Budget {
     pub fn warnings(&self) -> broadcast::Receiver<Warning> {
         self.warnings.subscribe()
     }
+
+    fn finish(&self, seq: u64) {
+        self.turns.send_if_modified(|turns| turns.finish(seq));
+    }
+}
+
+/// One message's place in its connection's counting order. Counting waits for every earlier
+/// ticket; a ticket that is released, or dropped with its operation (refused, aborted, exempt,
+/// failed), gives up its turn, so no later operation waits on it.
+pub struct Ticket {
+    budget: Arc<Budget>,
+    seq: u64,
+}
+
+impl Ticket {
+    /// Counts the operation once every earlier ticket has had its turn.
+    pub async fn count(&self) -> Verdict {
+        let mut turns = self.budget.turns.subscribe();
+        // The budget owns the sender and outlives its tickets, so the wait cannot fail; the
+        // borrow it returns is dropped at once, before `finish` needs the value.
+        let _ = turns.wait_for(|t| t.serving >= self.seq).await;
+        let verdict = self.budget.consume();
+        self.release();
+        verdict
+    }
+
+    /// Gives up the turn without counting (exempt operations).
+    pub fn release(&self) {
+        self.budget.finish(self.seq);
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +296,38 @@ mod tests {
             }
             _ => panic!("operation 101 passed"),
         }
+    }
+
+    #[tokio::test]
+    async fn tickets_are_counted_in_the_order_they_were_taken_whatever_order_they_ask_in() {
+        let budget = Arc::new(Budget::new(live(2)));
+        let [first, second, third, fourth] = [(); 4].map(|()| budget.ticket());
+        let fourth = tokio::spawn(async move { fourth.count().await });
+        let third = tokio::spawn(async move { third.count().await });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished() && !fourth.is_finished());
+        // The first operation was dropped before it was counted: its turn passes on.
+        drop(first);
+        assert!(matches!(second.count().await, Verdict::Pass(s) if s.current == 1));
+        assert!(matches!(third.await.unwrap(), Verdict::Warn(s) if s.current == 2));
+        assert!(matches!(fourth.await.unwrap(), Verdict::Refuse(..)));
+    }
+
+    #[tokio::test]
+    async fn a_ticket_released_before_its_turn_holds_up_no_later_one() {
+        let budget = Arc::new(Budget::new(live(10)));
+        let [first, second, third] = [(); 3].map(|()| budget.ticket());
+        second.release();
+        let third = tokio::spawn(async move { third.count().await });
+        assert!(matches!(first.count().await, Verdict::Pass(s) if s.current == 1));
+        assert!(matches!(third.await.unwrap(), Verdict::Pass(s) if s.current == 2));
+    }
+
+    #[test]
+    fn only_the_first_closing_refusal_may_warn() {
+        let budget = Budget::new(live(1));
+        assert!(budget.close_once());
+        assert!(!budget.close_once());
     }
 
     #[test]
