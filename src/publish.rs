@@ -105,12 +105,12 @@ pub async fn publish(
     }
     let config = state.live.load();
     let identity = api_key_identity(&config.topics.roles_claim);
-    let decision = topics::check(
+    let decision = topics::check_raw_publish(
         &config.topics,
         &state.db,
         Some(&identity),
         &body.topic,
-        Action::Publish,
+        &body.kind,
     )
     .await
     .map_err(Error::Internal)?;
@@ -124,7 +124,7 @@ pub async fn publish(
             reason,
         ));
         return Err(Error::Forbidden(
-            "not allowed to publish on this topic".into(),
+            "not allowed to publish this event type on this topic".into(),
         ));
     }
     let event = state

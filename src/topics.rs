@@ -36,6 +36,16 @@ pub enum Decision {
 /// may subscribe to or publish on them, whatever the rules say.
 pub const INTERNAL_PREFIX: char = '$';
 
+/// The event type of a chat message. Only `sendMessage` writes it, with the sender taken from the
+/// caller and the content checked; `messages` reads nothing else.
+pub const CHAT_MESSAGE: &str = "message";
+
+/// The event type `events` gives the marker of missed events.
+pub const GAP: &str = "GAP";
+
+/// Event types only the server writes: a raw publish of one could pass for a chat message or a gap.
+const SERVER_EVENT_TYPES: [&str; 2] = [CHAT_MESSAGE, GAP];
+
 /// Values bound to a pattern's placeholders, e.g. `{workspace}` → `acme`.
 type Bindings<'a> = HashMap<&'a str, &'a str>;
 
@@ -93,6 +103,27 @@ pub async fn check(
         rule.pattern,
         action.as_str()
     )))
+}
+
+/// Checks a raw publish (the `publish` mutation, `POST /api/publish`) of an event of type `kind`:
+/// the topic's `publish` grant, and that `kind` is not one only the server writes (compared
+/// without case, so no spelling of it passes for the real one).
+pub async fn check_raw_publish(
+    topics: &Topics,
+    db: &Database,
+    identity: Option<&Identity>,
+    topic: &str,
+    kind: &str,
+) -> anyhow::Result<Decision> {
+    if let Some(reserved) = SERVER_EVENT_TYPES
+        .iter()
+        .find(|reserved| reserved.eq_ignore_ascii_case(kind))
+    {
+        return Ok(Decision::Denied(format!(
+            "event type `{reserved}` is written only by the server"
+        )));
+    }
+    check(topics, db, identity, topic, Action::Publish).await
 }
 
 async fn granted(

@@ -1,10 +1,11 @@
-//! The operation budget and the per-operation limits: counting order, exemption, fragments.
+//! The operation budget and the per-operation limits: counting order, exemption, fragments; and
+//! chat messages, which only `sendMessage` (and so its budget) can produce.
 
 use palisade::config::{LimitScope, OnExceed, OperationLimit};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::protocol::Message;
 
-use crate::helpers::{TestApp, WsClient, spawn_app_with};
+use crate::helpers::{PUBLISH_KEY, TestApp, WsClient, spawn_app, spawn_app_with};
 
 const WARNINGS: &str = "subscription { rateLimitWarning { current limit final } }";
 const CONVERSATION: &str = "6f1c7e0a-3b5d-4c9e-8a2f-0d1e2f3a4b5c";
@@ -225,4 +226,129 @@ async fn fields_wrapped_in_fragments_get_no_introspection_depth_allowance() {
             "{query}: {refused}"
         );
     }
+}
+
+#[tokio::test]
+async fn subscribing_to_system_topics_costs_budget_like_any_operation() {
+    let app = spawn_app_with(|c| {
+        c.operations.rate_limit.limit = 6;
+        c.operations.rate_limit.window = "1h".parse().unwrap();
+        c.operations.rate_limit.on_exceed = OnExceed::Reject;
+    })
+    .await;
+    let mut client = app.ws_acked("alice").await;
+    let mut others = Vec::new();
+    let events = "subscription($t: String!) { events(topic: $t) { id } }";
+    let subscribe =
+        |n: u64| json!({ "query": events, "variables": { "t": format!("system:churn-{n}") } });
+    // Subscribe, then complete once the subscription has been counted: the query behind it is
+    // answered only after it (operations are counted in arrival order).
+    for n in 1..=3 {
+        client
+            .send(json!({ "id": format!("s{n}"), "type": "subscribe", "payload": subscribe(n) }))
+            .await;
+        let query = json!({ "query": "{ __typename }" });
+        let answer = answer(&mut client, &format!("q{n}"), query, &mut others).await;
+        assert_eq!(
+            answer["payload"]["extensions"]["rateLimit"]["current"],
+            2 * n
+        );
+        client
+            .send(json!({ "id": format!("s{n}"), "type": "complete" }))
+            .await;
+    }
+    let refused = answer(&mut client, "s4", subscribe(4), &mut others).await;
+    assert_eq!(code(&refused), Some("RATE_LIMITED"), "{refused}");
+}
+
+/// A payload that would pass for another user's message, were it delivered.
+fn forged() -> Value {
+    json!({ "conversationId": CONVERSATION, "senderId": "ceo", "content": "wire the money",
+            "replyToId": null, "sentAt": "2020-01-01T00:00:00Z" })
+}
+
+async fn watch_messages(app: &TestApp, sub: &str) -> WsClient {
+    let mut client = app.ws_acked_with(&member_token(app, sub)).await;
+    let query = "subscription($c: UUID!) { messages(conversationId: $c) { senderId content } }";
+    client
+        .send(json!({ "id": "m", "type": "subscribe", "payload": { "query": query, "variables": { "c": CONVERSATION } } }))
+        .await;
+    client.send(json!({ "type": "ping" })).await;
+    assert_eq!(client.recv().await["type"], "pong");
+    client
+}
+
+async fn send_real_message(app: &TestApp, sub: &str) {
+    let send = "mutation($i: SendMessageInput!) { sendMessage(input: $i) { id } }";
+    let variables = json!({ "i": { "conversationId": CONVERSATION, "content": "the real one" } });
+    let sent = app
+        .post_with_token(&member_token(app, sub), send, variables)
+        .await;
+    assert!(sent["data"]["sendMessage"]["id"].is_string(), "{sent}");
+}
+
+#[tokio::test]
+async fn a_member_cannot_forge_a_chat_message_through_publish() {
+    let app = spawn_app().await;
+    let mut bob = watch_messages(&app, "bob").await;
+    let publish = "mutation($t: String!, $k: String!, $p: JSON) { publish(topic: $t, type: $k, payload: $p) { id } }";
+    let topic = format!("conversation:{CONVERSATION}");
+    for kind in ["message", "Message", "GAP"] {
+        let variables = json!({ "t": topic, "k": kind, "p": forged() });
+        let answer = app
+            .post_with_token(&member_token(&app, "alice"), publish, variables)
+            .await;
+        assert_eq!(
+            answer["errors"][0]["extensions"]["code"], "FORBIDDEN",
+            "{kind}: {answer}"
+        );
+    }
+    // Nor with the publish key, on a topic it may publish on.
+    let response = reqwest::Client::new()
+        .post(app.url("/api/publish"))
+        .bearer_auth(PUBLISH_KEY)
+        .json(&json!({ "topic": "system:news", "type": "message", "payload": forged() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    // The first message bob receives is the one sent with sendMessage.
+    send_real_message(&app, "alice").await;
+    let received = &bob.recv().await["payload"]["data"]["messages"];
+    assert_eq!(
+        (received["senderId"].as_str(), received["content"].as_str()),
+        (Some("alice"), Some("the real one"))
+    );
+}
+
+#[tokio::test]
+async fn messages_delivers_only_events_that_send_message_could_have_written() {
+    let app = spawn_app().await;
+    let mut bob = watch_messages(&app, "bob").await;
+    let topic = format!("conversation:{CONVERSATION}");
+    let other = "00000000-0000-4000-8000-000000000000";
+    let mut wrong_conversation = forged();
+    wrong_conversation["conversationId"] = json!(other);
+    let mut control_character = forged();
+    control_character["content"] = json!("bell\u{7}");
+    let mut too_long = forged();
+    too_long["content"] = json!("x".repeat(6029));
+    let mut extra_field = forged();
+    extra_field["admin"] = json!(true);
+    // Written past the publish checks, as an event stored before them would be replayed.
+    for payload in [wrong_conversation, control_character, too_long, extra_field] {
+        app.state
+            .bus
+            .publish(topic.clone(), "message".into(), payload)
+            .await
+            .unwrap();
+    }
+    send_real_message(&app, "alice").await;
+    let received = &bob.recv().await["payload"]["data"]["messages"];
+    assert_eq!(received["content"], "the real one", "{received}");
 }
