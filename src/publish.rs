@@ -110,12 +110,12 @@ pub async fn publish(
     let config = state.live.load();
     crate::bus::check_topic(&body.topic, config.payload.max_topic_bytes).map_err(Error::Limit)?;
     let identity = api_key_identity(&config.topics.roles_claim);
-    let decision = topics::check(
+    let decision = topics::check_raw_publish(
         &config.topics,
         &state.db,
         Some(&identity),
         &body.topic,
-        Action::Publish,
+        &body.kind,
     )
     .await
     .map_err(Error::Internal)?;
@@ -129,7 +129,7 @@ pub async fn publish(
             reason,
         ));
         return Err(Error::Forbidden(
-            "not allowed to publish on this topic".into(),
+            "not allowed to publish this event type on this topic".into(),
         ));
     }
     let event = state

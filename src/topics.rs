@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::auth::Identity;
-use crate::config::{Grant, TopicRule, Topics};
+use crate::config::{Grant, Topics};
 use crate::db::Database;
 use crate::on_pool;
 
@@ -35,6 +35,16 @@ pub enum Decision {
 /// Topics starting with this are the server's own (cluster control, presence events): no client
 /// may subscribe to or publish on them, whatever the rules say.
 pub const INTERNAL_PREFIX: char = '$';
+
+/// The event type of a chat message. Only `sendMessage` writes it, with the sender taken from the
+/// caller and the content checked; `messages` reads nothing else.
+pub const CHAT_MESSAGE: &str = "message";
+
+/// The event type `events` gives the marker of missed events.
+pub const GAP: &str = "GAP";
+
+/// Event types only the server writes: a raw publish of one could pass for a chat message or a gap.
+const SERVER_EVENT_TYPES: [&str; 2] = [CHAT_MESSAGE, GAP];
 
 /// Values bound to a pattern's placeholders, e.g. `{workspace}` → `acme`.
 type Bindings<'a> = HashMap<&'a str, &'a str>;
@@ -95,13 +105,25 @@ pub async fn check(
     )))
 }
 
-/// Whether `topic` falls under a rule marked `system`.
-pub fn is_system(topics: &Topics, topic: &str) -> bool {
-    topics
-        .rules
+/// Checks a raw publish (the `publish` mutation, `POST /api/publish`) of an event of type `kind`:
+/// the topic's `publish` grant, and that `kind` is not one only the server writes (compared
+/// without case, so no spelling of it passes for the real one).
+pub async fn check_raw_publish(
+    topics: &Topics,
+    db: &Database,
+    identity: Option<&Identity>,
+    topic: &str,
+    kind: &str,
+) -> anyhow::Result<Decision> {
+    if let Some(reserved) = SERVER_EVENT_TYPES
         .iter()
-        .find(|r| bind(&r.pattern, topic).is_some())
-        .is_some_and(|r: &TopicRule| r.system)
+        .find(|reserved| reserved.eq_ignore_ascii_case(kind))
+    {
+        return Ok(Decision::Denied(format!(
+            "event type `{reserved}` is written only by the server"
+        )));
+    }
+    check(topics, db, identity, topic, Action::Publish).await
 }
 
 async fn granted(

@@ -83,7 +83,9 @@ pub struct TopicRule {
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     #[schemars(with = "Vec<Grant>")]
     pub publish: Vec<Grant>,
-    /// System topics (incident alerts and the like) bypass client rate budgets. Default `false`.
+    /// Marks topics for system announcements (incident alerts and the like). It buys no budget:
+    /// opening a subscription costs budget whatever the topic, and only the server's own pushes
+    /// (`rateLimitWarning`, `connectionNotices` events) are free. Default `false`.
     #[serde(default)]
     pub system: bool,
 }

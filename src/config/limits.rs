@@ -132,7 +132,9 @@ pub struct RateLimit {
     pub warn_at: f64,
     /// What happens past the limit. Default `disconnect`.
     pub on_exceed: OnExceed,
-    /// Operation names that are never counted. Default `[]`.
+    /// Root fields that are never counted (e.g. `refreshAuth`): an operation is exempt when every
+    /// root field it runs, fragments spread, is listed. The operation's name buys nothing.
+    /// Default `[]`.
     pub exempt_operations: Vec<String>,
 }
 

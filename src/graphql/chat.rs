@@ -1,6 +1,10 @@
 //! Chat: `sendMessage` publishes a message to `conversation:<id>`, `messages` follows one
 //! conversation. Both go through the topic rules; inputs are validated before anything is
 //! published, and a budget per user applies (`operations.per_operation.sendMessage`).
+//!
+//! A chat message exists only through `sendMessage`: its event type is one raw publishes may not
+//! write (`topics::CHAT_MESSAGE`), and `messages` still checks each event it reads against what
+//! `sendMessage` would have written, so nothing else on the topic passes for a message.
 
 use std::sync::Arc;
 
@@ -15,17 +19,20 @@ use uuid::Uuid;
 use validator::{Validate, ValidationError, ValidationErrors};
 
 use super::{Caller, authorize, follow};
-use crate::bus::{Bus, Delivery};
+use crate::bus::{Bus, Delivery, Event};
 use crate::config::LiveConfig;
 use crate::error::Error;
-use crate::topics::Action;
+use crate::topics::{Action, CHAT_MESSAGE, GAP};
+
+/// Longest message content, in characters.
+const MAX_CONTENT_CHARS: u64 = 5000;
 
 #[derive(InputObject, Validate)]
 pub struct SendMessageInput {
     conversation_id: Uuid,
     /// 1 to 5000 characters; control characters other than newline and tab are refused.
     #[validate(
-        length(min = 1, max = 5000, message = "must be 1 to 5000 characters"),
+        length(min = 1, max = MAX_CONTENT_CHARS, message = "must be 1 to 5000 characters"),
         custom(function = "printable")
     )]
     content: String,
@@ -83,7 +90,7 @@ fn bad_input(errors: &ValidationErrors) -> async_graphql::Error {
 
 /// A chat message, as published in the conversation's topic.
 #[derive(SimpleObject, Serialize, Deserialize, Clone)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Message {
     /// The stream position; pass it as `after` to resume from here.
     #[serde(skip)]
@@ -93,6 +100,32 @@ pub struct Message {
     content: String,
     reply_to_id: Option<Uuid>,
     sent_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// The message `event` holds, when it is one `sendMessage` could have written to
+    /// `conversation`: the same conversation, a sender, and content that passes the input rules.
+    fn read(event: &Event, conversation: Uuid) -> Option<Self> {
+        let message = serde_json::from_value::<Message>(event.payload.clone())
+            .ok()
+            .filter(|m| {
+                let chars = m.content.chars().count() as u64;
+                m.conversation_id == conversation
+                    && !m.sender_id.is_empty()
+                    && (1..=MAX_CONTENT_CHARS).contains(&chars)
+                    && printable(&m.content).is_ok()
+            });
+        match message {
+            Some(mut message) => {
+                message.id = ID(event.id.to_string());
+                Some(message)
+            }
+            None => {
+                tracing::warn!(topic = %event.topic, event_id = %event.id, "dropped an event that is not a valid chat message");
+                None
+            }
+        }
+    }
 }
 
 fn topic(conversation: Uuid) -> String {
@@ -136,7 +169,7 @@ impl ChatMutation {
             serde_json::to_value(&message).map_err(|e| Error::Internal(e.into()).extend())?;
         let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
         let event = bus
-            .publish(topic, "message".into(), payload)
+            .publish(topic, CHAT_MESSAGE.into(), payload)
             .await
             .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
         message.id = ID(event.id.to_string());
@@ -158,19 +191,16 @@ impl ChatSubscription {
         after: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
         let deliveries = follow(ctx, &topic(conversation_id), after).await?;
-        Ok(deliveries.filter_map(|delivery| async move {
+        Ok(deliveries.filter_map(move |delivery| async move {
             match delivery {
-                Delivery::Event(event) if event.kind == "message" => {
-                    let mut message: Message =
-                        serde_json::from_value(event.payload.clone()).ok()?;
-                    message.id = ID(event.id.to_string());
-                    Some(Ok(message))
+                Delivery::Event(event) if event.kind == CHAT_MESSAGE => {
+                    Message::read(&event, conversation_id).map(Ok)
                 }
                 Delivery::Event(_) => None,
                 Delivery::Gap { .. } => Some(Err(async_graphql::Error::new(
                     "messages were missed; refetch the conversation",
                 )
-                .extend_with(|_, e| e.set("code", "GAP")))),
+                .extend_with(|_, e| e.set("code", GAP)))),
             }
         }))
     }

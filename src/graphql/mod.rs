@@ -70,12 +70,35 @@ pub async fn authorize(
     topic: &str,
     action: Action,
 ) -> async_graphql::Result<bool> {
+    decide(ctx, topic, action, None).await
+}
+
+/// [`authorize`] for a raw publish of an event of type `kind` (the `publish` mutation): event
+/// types only the server writes are refused too.
+pub async fn authorize_raw_publish(
+    ctx: &Context<'_>,
+    topic: &str,
+    kind: &str,
+) -> async_graphql::Result<bool> {
+    decide(ctx, topic, Action::Publish, Some(kind)).await
+}
+
+async fn decide(
+    ctx: &Context<'_>,
+    topic: &str,
+    action: Action,
+    raw_kind: Option<&str>,
+) -> async_graphql::Result<bool> {
     let config = ctx.data_unchecked::<LiveConfig>().load();
     crate::bus::check_topic(topic, config.payload.max_topic_bytes)
         .map_err(|violation| Error::Limit(violation).extend())?;
     let db = ctx.data_unchecked::<Database>();
     let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
-    let decision = topics::check(&config.topics, db, caller.identity.as_ref(), topic, action).await;
+    let identity = caller.identity.as_ref();
+    let decision = match raw_kind {
+        Some(kind) => topics::check_raw_publish(&config.topics, db, identity, topic, kind).await,
+        None => topics::check(&config.topics, db, identity, topic, action).await,
+    };
     match decision.map_err(|e| Error::Internal(e).extend())? {
         Decision::Allowed { system } => Ok(system),
         Decision::Denied(reason) => {
@@ -87,9 +110,10 @@ pub async fn authorize(
                 action,
                 reason,
             ));
-            let verb = match action {
-                Action::Subscribe => "subscribe to",
-                Action::Publish => "publish on",
+            let verb = match (action, raw_kind) {
+                (Action::Subscribe, _) => "subscribe to",
+                (Action::Publish, None) => "publish on",
+                (Action::Publish, Some(_)) => "publish this event type on",
             };
             Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
         }

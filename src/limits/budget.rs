@@ -5,16 +5,23 @@
 //! The budget reads `operations.rate_limit` from the live configuration on every operation: when a
 //! reload changed it, the quota is rebuilt (with a fresh count), so new limits apply to connections
 //! that are already open.
+//!
+//! Operations are counted in the order the client sent them, not in the order their tasks happen
+//! to run: the connection loop takes a [`Ticket`] for each message on arrival, and the guard counts
+//! a ticket only once every earlier ticket was counted or released. So the (limit+1)-th counted
+//! message is the one refused, every time.
 
+use std::collections::BTreeSet;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::{LiveConfig, OnExceed, RateLimit};
@@ -89,10 +96,45 @@ impl ActiveQuota {
     }
 }
 
+/// Which ticket's turn it is.
+#[derive(Default)]
+struct Turns {
+    /// Tickets handed out so far; the next one gets this number.
+    issued: u64,
+    /// The ticket whose turn it is: every earlier one was counted or released.
+    serving: u64,
+    /// Tickets released before their turn (their operation was refused or dropped early). At most
+    /// as many as the connection's operations still in flight.
+    released_early: BTreeSet<u64>,
+}
+
+impl Turns {
+    /// Ends ticket `seq`'s turn; whether the turn moved on.
+    fn finish(&mut self, seq: u64) -> bool {
+        if seq < self.serving {
+            return false;
+        }
+        if seq > self.serving {
+            self.released_early.insert(seq);
+            return false;
+        }
+        self.serving += 1;
+        while self.released_early.remove(&self.serving) {
+            self.serving += 1;
+        }
+        true
+    }
+}
+
 pub struct Budget {
     live: LiveConfig,
     quota: Mutex<ActiveQuota>,
     warnings: broadcast::Sender<Warning>,
+    /// Waiting tickets watch it for their turn.
+    turns: watch::Sender<Turns>,
+    /// Set by the first refusal that closes the connection: however many operations are refused
+    /// before the close, one final warning goes out.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Budget {
@@ -108,11 +150,33 @@ impl Budget {
             live,
             quota: Mutex::new(quota),
             warnings: broadcast::channel(WARNING_BUFFER).0,
+            turns: watch::Sender::new(Turns::default()),
+            closing: AtomicBool::new(false),
         }
     }
 
+    /// A place in the counting order, taken when a message arrives.
+    pub fn ticket(self: &Arc<Self>) -> Ticket {
+        let mut seq = 0;
+        // Nobody waits for a ticket to be handed out: no wake-up.
+        self.turns.send_if_modified(|turns| {
+            seq = turns.issued;
+            turns.issued += 1;
+            false
+        });
+        Ticket {
+            budget: self.clone(),
+            seq,
+        }
+    }
+
+    /// Whether this is the first refusal to close the connection (the one that warns).
+    pub fn close_once(&self) -> bool {
+        !self.closing.swap(true, Ordering::AcqRel)
+    }
+
     /// Counts one operation.
-    pub fn consume(&self) -> Verdict {
+    fn consume(&self) -> Verdict {
         let mut quota = self.quota.lock().expect("budget lock poisoned");
         let rules = &self.live.load().operations.rate_limit;
         if *rules != quota.rules {
@@ -154,71 +218,48 @@ impl Budget {
     pub fn warnings(&self) -> broadcast::Receiver<Warning> {
         self.warnings.subscribe()
     }
+
+    fn finish(&self, seq: u64) {
+        self.turns.send_if_modified(|turns| turns.finish(seq));
+    }
+}
+
+/// One message's place in its connection's counting order. Counting waits for every earlier
+/// ticket; a ticket that is released, or dropped with its operation (refused, aborted, exempt,
+/// failed), gives up its turn, so no later operation waits on it.
+pub struct Ticket {
+    budget: Arc<Budget>,
+    seq: u64,
+}
+
+impl Ticket {
+    /// Counts the operation once every earlier ticket has had its turn.
+    pub async fn count(&self) -> Verdict {
+        let mut turns = self.budget.turns.subscribe();
+        // The budget owns the sender and outlives its tickets, so the wait cannot fail; the
+        // borrow it returns is dropped at once, before `finish` needs the value.
+        let _ = turns.wait_for(|t| t.serving >= self.seq).await;
+        let verdict = self.budget.consume();
+        self.release();
+        verdict
+    }
+
+    /// Gives up the turn without counting (exempt operations).
+    pub fn release(&self) {
+        self.budget.finish(self.seq);
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use arc_swap::ArcSwap;
-
-    use super::*;
-    use crate::config::Config;
-
-    fn live(limit: u32) -> LiveConfig {
-        let mut config = Config::default();
-        config.operations.rate_limit.limit = limit;
-        config.operations.rate_limit.window = crate::config::units::Duration::secs(3600);
-        Arc::new(ArcSwap::from_pointee(config))
-    }
-
-    #[test]
-    fn the_warning_comes_at_the_80th_of_100_once_and_the_101st_is_refused() {
-        let budget = Budget::new(live(100));
-        let mut warned_at = Vec::new();
-        for n in 1..=100 {
-            match budget.consume() {
-                Verdict::Pass(s) => assert_eq!(s.current, n),
-                Verdict::Warn(s) => warned_at.push(s.current),
-                Verdict::Refuse(..) => panic!("operation {n} refused"),
-            }
-        }
-        assert_eq!(warned_at, [80]);
-        match budget.consume() {
-            Verdict::Refuse(s, on_exceed) => {
-                assert_eq!((s.current, s.limit, s.window_seconds), (100, 100, 3600));
-                assert_eq!(on_exceed, OnExceed::Disconnect);
-                assert!(s.retry_after_seconds >= 1, "{s:?}");
-            }
-            _ => panic!("operation 101 passed"),
-        }
-    }
-
-    #[test]
-    fn a_small_limit_rounds_the_threshold_up() {
-        let budget = Budget::new(live(3));
-        assert!(matches!(budget.consume(), Verdict::Pass(_)));
-        assert!(matches!(budget.consume(), Verdict::Pass(_)));
-        assert!(matches!(budget.consume(), Verdict::Warn(s) if s.current == 3));
-        assert!(matches!(budget.consume(), Verdict::Refuse(..)));
-    }
-
-    #[test]
-    fn a_reloaded_limit_applies_to_a_live_budget() {
-        let config = live(100);
-        let budget = Budget::new(config.clone());
-        for _ in 0..10 {
-            budget.consume();
-        }
-        let mut stricter = (**config.load()).clone();
-        stricter.operations.rate_limit.limit = 2;
-        stricter.operations.rate_limit.on_exceed = OnExceed::Reject;
-        config.store(Arc::new(stricter));
-        assert!(matches!(budget.consume(), Verdict::Pass(s) if s.limit == 2));
-        assert!(matches!(budget.consume(), Verdict::Warn(s) if s.current == 2));
-        assert!(matches!(
-            budget.consume(),
-            Verdict::Refuse(_, OnExceed::Reject)
-        ));
-    }
-}
+#[path = "budget_tests.rs"]
+mod tests;

@@ -1,7 +1,8 @@
 //! The per-operation guard: an async-graphql extension that runs before execution. It counts each
-//! operation a WebSocket connection starts against the connection's budget (warning, refusing, and
-//! closing per `operations.rate_limit`), and puts the standing on every result as
-//! `extensions.rateLimit`.
+//! operation a WebSocket connection starts against the connection's budget, in the order the
+//! messages arrived (the ticket the connection loop put in the request data), warning, refusing
+//! and closing per `operations.rate_limit`; it counts every root field the operation runs against
+//! `operations.per_operation`; and it puts the standing on every result as `extensions.rateLimit`.
 //!
 //! Over WebSocket the `request` hook never runs, so the work sits in `prepare_request` (the
 //! operation's name), `parse_query` (the budget: a document is needed to tell exempt operations)
@@ -20,9 +21,9 @@ use async_graphql::{
 };
 use serde_json::json;
 
-use super::budget::{Standing, Verdict, Warning};
+use super::budget::{Standing, Ticket, Verdict, Warning};
 use super::document::{Violation, check_document, check_variables, scan_query, selected_operation};
-use super::exempt::{exempt, root_fields};
+use super::exempt::{exempt, introspection_only, root_fields};
 use super::per_operation::OperationLimits;
 use crate::audit::{Audit, Entry, Severity};
 use crate::config::{LiveConfig, OnExceed, Payload};
@@ -61,7 +62,7 @@ struct GuardOperation {
     audit: Audit,
     operations: Arc<OperationLimits>,
     name: Mutex<Option<String>>,
-    /// Whether every root field is `__schema`/`__type`, for the introspection depth allowance.
+    /// Whether every root field the operation runs is introspection, for the depth allowance.
     introspection_only: Mutex<bool>,
     /// A shape limit the document broke, found in `prepare_request`.
     refused: Mutex<Option<Violation>>,
@@ -112,12 +113,13 @@ impl GuardOperation {
         )
     }
 
-    /// Counts the operation against its connection's budget; `Err` refuses it.
-    fn count(&self, caller: &Caller) -> ServerResult<()> {
-        let Some(handle) = &caller.connection else {
+    /// Counts the operation against its connection's budget in arrival order (its ticket's turn);
+    /// `Err` refuses it. HTTP requests carry no ticket and have no connection budget.
+    async fn count(&self, ticket: Option<&Ticket>, caller: &Caller) -> ServerResult<()> {
+        let (Some(ticket), Some(handle)) = (ticket, &caller.connection) else {
             return Ok(());
         };
-        let budget = &handle.budget;
+        let budget = ticket.budget();
         let user = caller.identity.as_ref().map(|i| i.user_id.clone());
         let record = |action: &'static str, standing: &Standing| {
             self.audit.record(Entry {
@@ -129,7 +131,7 @@ impl GuardOperation {
                 metadata: json!({ "count": standing.current, "limit": standing.limit }),
             });
         };
-        match budget.consume() {
+        match ticket.count().await {
             Verdict::Pass(standing) => {
                 *self.standing.lock().expect("lock poisoned") = Some(standing);
                 Ok(())
@@ -154,7 +156,9 @@ impl GuardOperation {
                 tracing::warn!(connection_id = %handle.id, user_id = ?user, count = standing.current, limit = standing.limit, "operation budget exceeded");
                 record("rate_limit.exceeded", &standing);
                 self.metrics.rate_limit_violations.inc();
-                if on_exceed == OnExceed::Disconnect {
+                // Operations that arrive before the close are refused too, without another
+                // final warning.
+                if on_exceed == OnExceed::Disconnect && budget.close_once() {
                     let message = "Operation budget exceeded: closing the connection; reconnect to get a fresh budget".to_string();
                     budget.warn(Warning {
                         standing,
@@ -222,40 +226,64 @@ impl Extension for GuardOperation {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let caller = ctx.data_opt::<Caller>();
+        let ticket = ctx.data_opt::<Ticket>();
         let name = self.name.lock().expect("lock poisoned").clone();
         let config = self.live.load();
         let refused = self.refused.lock().expect("lock poisoned").take();
         if let Some(violation) = refused {
             // A hostile document still cost the server: it counts against the budget.
             if let Some(caller) = caller {
-                self.count(caller)?;
+                self.count(ticket, caller).await?;
             }
             return Err(self.reject(violation));
         }
         let parsed = next.run(ctx, query, variables).await;
         let Some(caller) = caller else { return parsed };
-        // A document that does not even parse still cost the server: it counts.
-        let is_exempt = parsed
-            .as_ref()
-            .is_ok_and(|doc| exempt(&config, doc, name.as_deref(), variables));
-        if !is_exempt {
-            self.count(caller)?;
-        }
-        let doc = parsed?;
+        let doc = match parsed {
+            Ok(doc) => doc,
+            Err(error) => {
+                // A document that does not even parse still cost the server: it counts.
+                self.count(ticket, caller).await?;
+                return Err(error);
+            }
+        };
         let operation = selected_operation(&doc, name.as_deref());
-        for field in operation.iter().flat_map(|op| root_fields(op)) {
-            if let Err(refused) = self.operations.check(field, caller).await {
+        let registry = &ctx.schema_env.registry;
+        let fields = operation
+            .and_then(|op| {
+                let root_type = match op.ty {
+                    OperationType::Query => Some(registry.query_type.as_str()),
+                    OperationType::Mutation => registry.mutation_type.as_deref(),
+                    OperationType::Subscription => registry.subscription_type.as_deref(),
+                }?;
+                let interfaces = registry.implements.get(root_type);
+                let implements = |i: &str| interfaces.is_some_and(|set| set.contains(i));
+                Some(root_fields(&doc, op, variables, root_type, implements))
+            })
+            .unwrap_or_default();
+        if exempt(&config, &fields) {
+            if let Some(ticket) = ticket {
+                ticket.release();
+            }
+        } else {
+            self.count(ticket, caller).await?;
+        }
+        for field in &fields {
+            if let Err(refused) = self
+                .operations
+                .check(field.name.node.as_str(), caller)
+                .await
+            {
                 self.metrics.rate_limit_violations.inc();
                 return Err(refused);
             }
         }
-        let introspection =
-            operation.is_some_and(|op| root_fields(op).all(|f| f.starts_with("__")));
-        *self.introspection_only.lock().expect("lock poisoned") = introspection;
+        *self.introspection_only.lock().expect("lock poisoned") = introspection_only(&fields);
         if operation.is_some_and(|op| op.ty == OperationType::Subscription) {
             // Its results are events the server pushes; they carry no standing.
             self.standing.lock().expect("lock poisoned").take();
         }
+        drop(fields);
         Ok(doc)
     }
 

@@ -332,9 +332,12 @@ impl Connection {
             ip: Some(self.peer.ip.clone()),
             connection: Some(self.handle.clone()),
         };
+        // Taken on arrival, so the guard counts operations in the order the client sent them,
+        // whatever order their tasks run in.
+        let ticket = self.handle.budget.ticket();
         let started = operations.start(
             id.clone(),
-            request.data(caller),
+            request.data(caller).data(ticket),
             self.state.schema.clone(),
             self.protocol,
             self.outbox.clone(),
