@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Message};
 
-use crate::helpers::{TestApp, WsClient, spawn_app};
+use crate::helpers::{TestApp, WsClient, spawn_app, start_binary, ws_to};
 
 const EVENTS: &str = "subscription($topic: String!) { events(topic: $topic) { type } }";
 const PUBLISH: &str = "mutation($topic: String!) { publish(topic: $topic, type: \"note\") { id } }";
@@ -226,4 +228,111 @@ async fn codes_a_client_closes_with_share_one_client_label() {
     }
     assert!(text.lines().any(|line| line == wanted), "{text}");
     assert!(!text.contains(r#"code="49"#), "{text}");
+}
+
+/// A close reason that, written raw, would end the log line and forge a red ERROR line after it,
+/// reset the colour with a C1 CSI and reverse the rest of the line.
+const FORGED_REASON: &str =
+    "bye\n2026-12-01T00:00:00.000000Z ERROR palisade: \x1b[31mdisk full\u{9b}0m\u{202e}!";
+
+/// Closes a fresh connection to the binary at `address` with [`FORGED_REASON`].
+async fn close_with_forged_reason(address: &str) {
+    let mut client = ws_to(address, "graphql-transport-ws").await;
+    let frame = CloseFrame {
+        code: 1000.into(),
+        reason: FORGED_REASON.into(),
+    };
+    client.send_raw(Message::Close(Some(frame))).await;
+    let _ = client.stream.next().await;
+}
+
+#[tokio::test]
+async fn a_close_reason_cannot_forge_a_line_in_the_pretty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hardening.yaml");
+    std::fs::write(
+        &config,
+        "server:\n  listen: 127.0.0.1:0\nlogging:\n  format: pretty\n",
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("p.db").display()),
+        )
+        .env(
+            "PALISADE_JWT_SECRET",
+            "a-hostile-transport-test-secret-of-40-bytes",
+        )
+        .env_remove("RUST_LOG")
+        .env_remove("REDIS_URL")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the server logs in time")
+            .unwrap()
+            .expect("the server is running")
+    };
+    let address = loop {
+        let line = next_line().await;
+        if let Some((_, address)) = line.split_once(" listening address=") {
+            break address.trim().to_string();
+        }
+    };
+    close_with_forged_reason(&address).await;
+    let mut seen = Vec::new();
+    loop {
+        let line = next_line().await;
+        seen.push(line.clone());
+        if line.contains("connection closed") {
+            break;
+        }
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("ERROR palisade: ") && !l.contains("connection closed")),
+        "{seen:#?}"
+    );
+    let raw = |c: char| matches!(c, '\x1b' | '\u{9b}' | '\u{202e}');
+    assert!(!seen.iter().any(|l| l.contains(raw)), "{seen:#?}");
+    let closed = seen.last().unwrap();
+    let escaped =
+        r"bye\n2026-12-01T00:00:00.000000Z ERROR palisade: \u{1b}[31mdisk full\u{9b}0m\u{202e}!";
+    assert!(closed.contains(escaped), "{closed}");
+}
+
+#[tokio::test]
+async fn a_close_reason_stays_inside_its_json_string_in_the_json_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "server:\n  listen: 127.0.0.1:0\nlogging:\n  format: json\n";
+    let secret = (
+        "PALISADE_JWT_SECRET",
+        "a-hostile-transport-test-secret-of-40-bytes",
+    );
+    let mut binary = start_binary(dir.path(), config, &[secret]).await;
+    close_with_forged_reason(&binary.address).await;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), binary.lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the server is running");
+        // serde_json escapes C0 controls; the C1 CSI and the bidi override must not be raw either.
+        assert!(!line.contains(['\u{9b}', '\u{202e}']), "{line:?}");
+        let entry: serde_json::Value =
+            serde_json::from_str(&line).expect("each line is one JSON object");
+        if entry["fields"]["message"] == "connection closed" {
+            let reason = format!("Closed by client: {FORGED_REASON}");
+            assert_eq!(entry["fields"]["reason"], reason.as_str());
+            break;
+        }
+    }
 }
