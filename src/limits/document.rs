@@ -407,26 +407,6 @@ fn first_visit<'a>(
     seen.insert(name).then_some(&fragment.node)
 }
 
-/// Fields of the operation's own selection set, with those its top-level fragments contribute.
-fn count_root_fields(doc: &ExecutableDocument, root: &SelectionSet) -> u64 {
-    let (mut count, mut seen, mut sets) = (0, HashSet::new(), vec![root]);
-    while let Some(set) = sets.pop() {
-        for selection in &set.items {
-            match &selection.node {
-                Selection::Field(_) => count += 1,
-                Selection::FragmentSpread(spread) => {
-                    let name = spread.node.fragment_name.node.as_str();
-                    if let Some(fragment) = first_visit(doc, &mut seen, name) {
-                        sets.push(&fragment.selection_set.node);
-                    }
-                }
-                Selection::InlineFragment(inline) => sets.push(&inline.node.selection_set.node),
-            }
-        }
-    }
-    count
-}
-
 /// Per fragment: the selections in its own text, and the fragments it spreads (once per spread).
 type Shapes<'a> = HashMap<&'a str, (u64, Vec<&'a str>)>;
 
@@ -446,6 +426,43 @@ fn expanded_selections(doc: &ExecutableDocument) -> u64 {
         }
     }
     total
+}
+
+/// Fields the operation runs at its root: its own, inline fragments' included, and those of the
+/// fragments it spreads there, every time they are spread (execution runs each spread again, so
+/// `{ ...F ...F }` runs F's fields twice). Each fragment's share is computed once, on `expand`'s
+/// own stack, so a fan-out of fragments stays linear.
+fn count_root_fields(doc: &ExecutableDocument, root: &SelectionSet) -> u64 {
+    let mut shapes = Shapes::new();
+    for (name, fragment) in &doc.fragments {
+        let mut spreads = Vec::new();
+        let own = top_level_fields(&fragment.node.selection_set.node, &mut spreads);
+        shapes.insert(name.as_str(), (own, spreads));
+    }
+    let mut spreads = Vec::new();
+    let own = top_level_fields(root, &mut spreads);
+    let mut expanded = HashMap::new();
+    spreads.into_iter().fold(own, |total, name| {
+        total.saturating_add(expand(name, &shapes, &mut expanded))
+    })
+}
+
+/// Fields at the top of `set`, inline fragments' included; the fragments spread there go to
+/// `spreads`.
+fn top_level_fields<'a>(set: &'a SelectionSet, spreads: &mut Vec<&'a str>) -> u64 {
+    let (mut count, mut sets) = (0u64, vec![set]);
+    while let Some(set) = sets.pop() {
+        for selection in &set.items {
+            match &selection.node {
+                Selection::Field(_) => count += 1,
+                Selection::FragmentSpread(spread) => {
+                    spreads.push(spread.node.fragment_name.node.as_str());
+                }
+                Selection::InlineFragment(inline) => sets.push(&inline.node.selection_set.node),
+            }
+        }
+    }
+    count
 }
 
 /// Selections in `set` at every depth, spreads not expanded; the names they spread go to `spreads`.

@@ -223,18 +223,32 @@ fn aliases_are_counted_up_to_the_limit() {
 }
 
 #[test]
-fn root_fields_include_those_of_top_level_fragments() {
+fn root_fields_count_every_spread_of_a_top_level_fragment() {
     let query = |n: usize| format!("{{ {} }}", "f ".repeat(n));
     assert_eq!(check(&query(20), |_| {}), Ok(()));
     assert_eq!(
         refusal(check(&query(21), |_| {})),
         Some(("MAX_ROOT_FIELDS_LIMIT", 20, 21))
     );
+    // a, b, f, and G's g and h twice.
     let mixed = "{ a b { c d e } ... on Q { f ...G } ...G } fragment G on Q { g h { i } }";
-    assert_eq!(check(mixed, |l| l.max_root_fields = 5), Ok(()));
+    assert_eq!(check(mixed, |l| l.max_root_fields = 7), Ok(()));
     assert_eq!(
-        refusal(check(mixed, |l| l.max_root_fields = 4)),
-        Some(("MAX_ROOT_FIELDS_LIMIT", 4, 5))
+        refusal(check(mixed, |l| l.max_root_fields = 6)),
+        Some(("MAX_ROOT_FIELDS_LIMIT", 6, 7))
+    );
+    // Each fragment spreads the next twice: 2^200 root fields, counted in linear time.
+    let mut fan_out = "{ ...F0 }".to_string();
+    for n in 0..200 {
+        fan_out.push_str(&format!(
+            " fragment F{n} on Q {{ ...F{m} ...F{m} }}",
+            m = n + 1
+        ));
+    }
+    fan_out.push_str(" fragment F200 on Q { z }");
+    assert_eq!(
+        refusal(check(&fan_out, |l| l.max_complexity = u32::MAX)),
+        Some(("MAX_ROOT_FIELDS_LIMIT", 20, u64::MAX))
     );
 }
 
@@ -282,7 +296,8 @@ fn argument_nesting_is_checked_after_parsing_too() {
 
 #[test]
 fn fragments_count_once_however_often_they_are_spread() {
-    let mut query = format!("{{ {} }}", "...F0 ".repeat(1_000));
+    // Spread below the root: at the root, the root-field count (per spread) refuses it first.
+    let mut query = format!("{{ r {{ {} }} }}", "...F0 ".repeat(1_000));
     for n in 0..1_000 {
         query.push_str(&format!(
             " fragment F{n} on Q {{ a{n}: f @d ...F{m} ...F{m} }}",

@@ -14,7 +14,8 @@ use crate::config::Config;
 /// named fragments are spread wherever they apply to `root_type` (no type condition, the type
 /// itself, or an interface it implements per `implements`), each spread again every time it occurs
 /// (execution runs every occurrence), and selections dropped by `@skip`/`@include` left out. An
-/// alias does not change the field's name.
+/// alias does not change the field's name. (On the subscription root async-graphql 7.2 runs only
+/// direct fields; counting its fragments' fields too errs on the side of the limits.)
 ///
 /// Runs on documents that passed `check_document`, so the spread-out selections are bounded by
 /// `max_complexity`. A spread of a fragment that is already being spread (a cycle, which

@@ -352,3 +352,24 @@ async fn messages_delivers_only_events_that_send_message_could_have_written() {
     let received = &bob.recv().await["payload"]["data"]["messages"];
     assert_eq!(received["content"], "the real one", "{received}");
 }
+
+#[tokio::test]
+async fn root_fields_repeated_through_spreads_count_against_max_root_fields() {
+    let app = spawn_app().await;
+    let fields: Vec<_> = (0..11).map(|n| format!("a{n}: me {{ id }}")).collect();
+    let query = format!(
+        "{{ ...F ...F }} fragment F on Query {{ {} }}",
+        fields.join(" ")
+    );
+    let refused = app.post("alice", &query, json!({})).await;
+    let ext = &refused["errors"][0]["extensions"];
+    assert_eq!(
+        (
+            ext["code"].as_str(),
+            ext["limit"].as_u64(),
+            ext["measured"].as_u64()
+        ),
+        (Some("MAX_ROOT_FIELDS_LIMIT"), Some(20), Some(22)),
+        "{refused}"
+    );
+}

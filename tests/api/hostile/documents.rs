@@ -247,16 +247,17 @@ async fn a_fragment_cycle() {
 /// Each fragment spreads the next twice: small to send, 2^depth selections once expanded. Every
 /// walk of async-graphql expands spreads in place: at 24, its `limit_recursive_depth` check alone
 /// (part of its parse step) takes 10 s in a debug build, its validators and execution minutes,
-/// and each fragment more doubles that.
+/// and each fragment more doubles that. Spread below the root: at the root, the root-field count
+/// (one per spread) would refuse it first.
 fn fragment_fan_out(depth: usize) -> String {
-    let mut query = String::from("{ ...F0 }");
+    let mut query = String::from("{ me { ...F0 } }");
     for n in 0..depth {
         query.push_str(&format!(
-            " fragment F{n} on Query {{ ...F{m} ...F{m} }}",
+            " fragment F{n} on Me {{ ...F{m} ...F{m} }}",
             m = n + 1
         ));
     }
-    query.push_str(&format!(" fragment F{depth} on Query {{ me {{ id }} }}"));
+    query.push_str(&format!(" fragment F{depth} on Me {{ id }}"));
     query
 }
 
