@@ -167,27 +167,22 @@ impl Cookies {
         })
         .to_string();
         let table = &self.table;
-        match &self.db {
-            Database::Postgres(pool) => {
-                let sql =
-                    format!("INSERT INTO {table} (sid, sess, expire) VALUES ($1, $2::json, $3)");
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(&sid)
-                    .bind(&sess)
-                    .bind(expire.naive_utc())
-                    .execute(pool)
-                    .await?;
-            }
-            Database::Sqlite(pool) => {
-                let sql = format!("INSERT INTO {table} (sid, sess, expire) VALUES ($1, $2, $3)");
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(&sid)
-                    .bind(&sess)
-                    .bind(expire.naive_utc())
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        // PostgreSQL's `sess` column is `json`, which a text parameter must be cast to; SQLite
+        // stores the text as it is.
+        let cast = match &self.db {
+            Database::Postgres(_) => "::json",
+            Database::Sqlite(_) => "",
+        };
+        let sql = format!("INSERT INTO {table} (sid, sess, expire) VALUES ($1, $2{cast}, $3)");
+        crate::on_pool!(&self.db, |pool| {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(&sid)
+                .bind(&sess)
+                .bind(expire.naive_utc())
+                .execute(pool)
+                .await
+                .map(drop)
+        })?;
         let value = encode_uri_component(&session::sign(&sid, &self.secret));
         let cookie = format!(
             "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",

@@ -111,6 +111,9 @@ enum Scenario {
     },
 }
 
+/// Subscribers and events of a `--quick` fan-out (one instance or two).
+const QUICK_FANOUT: (usize, usize) = (100, 50);
+
 /// Raises this process's open-file limit to the hard limit (children inherit it) and returns it.
 fn raise_file_limit() -> u64 {
     let mut limit = libc::rlimit {
@@ -176,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
             } => {
                 let (s, e) = if q {
-                    (100, 50)
+                    QUICK_FANOUT
                 } else {
                     (*subscribers, *events)
                 };
@@ -218,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
             } => {
                 let (s, e) = if q {
-                    (100, 50)
+                    QUICK_FANOUT
                 } else {
                     (*subscribers, *events)
                 };

@@ -131,6 +131,20 @@ fn hot(_: usize) -> String {
     "bench:fanout".into()
 }
 
+/// Every subscriber on one topic, and every event published there.
+fn hot_topic(name: &str, subscribers: usize, events: usize, rate: Option<u32>) -> Shape<'_> {
+    Shape {
+        name,
+        subscribers,
+        subscriber_topic: &hot,
+        publishing: Publishing {
+            events,
+            rate,
+            topic: &hot,
+        },
+    }
+}
+
 /// Every subscriber on one topic.
 pub async fn fanout(
     kind: Kind,
@@ -139,16 +153,7 @@ pub async fn fanout(
     rate: Option<u32>,
 ) -> anyhow::Result<Delivery> {
     let server = Server::start(kind, None).await?;
-    let shape = Shape {
-        name: "fanout",
-        subscribers,
-        subscriber_topic: &hot,
-        publishing: Publishing {
-            events,
-            rate,
-            topic: &hot,
-        },
-    };
+    let shape = hot_topic("fanout", subscribers, events, rate);
     run(kind, std::slice::from_ref(&server), &shape).await
 }
 
@@ -192,16 +197,7 @@ pub async fn cluster(
     events: usize,
     rate: Option<u32>,
 ) -> anyhow::Result<[Delivery; 2]> {
-    let shape = |name| Shape {
-        name,
-        subscribers,
-        subscriber_topic: &hot,
-        publishing: Publishing {
-            events,
-            rate,
-            topic: &hot,
-        },
-    };
+    let shape = |name| hot_topic(name, subscribers, events, rate);
     let redis = |n: u32| Redis {
         url: redis_url.to_string(),
         prefix: format!("palisade-bench-{}-{n}", std::process::id()),

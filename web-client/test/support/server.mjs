@@ -69,13 +69,15 @@ logging: { format: pretty, filter: "warn,palisade=info" }
   );
   const env = {
     ...process.env,
-    // `devSecret`: no secret configured, so the server generates the development-only one (in
-    // its working directory, here the temporary one) and prints a development token.
-    PALISADE_JWT_SECRET: options.devSecret ? '' : JWT_SECRET,
+    PALISADE_JWT_SECRET: JWT_SECRET,
     PALISADE_PUBLISH_KEY: PUBLISH_KEY,
     PALISADE_WEB_DIR: join(repoRoot, 'web-client', 'dist'),
     PALISADE_SESSION_SECRETS: options.devLogin ? `cookie-${randomBytes(8).toString('hex')}` : '',
   };
+  // `devSecret`: no secret configured (unset: a blank one is refused), so the server generates
+  // the development-only one in its working directory, here the temporary one, and prints a
+  // development token.
+  if (options.devSecret) delete env.PALISADE_JWT_SECRET;
   let database = null;
   if (options.services) {
     const base = process.env.DATABASE_URL ?? 'postgres://postgres:postgres@127.0.0.1:5432/postgres';
