@@ -31,8 +31,9 @@ impl Method {
     }
 }
 
-/// An authenticated user, visible to resolvers through the request data.
-#[derive(Clone, Debug)]
+/// An authenticated user, visible to resolvers through the request data. A connection holds one
+/// behind an `Arc` that all its operations share.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Identity {
     pub user_id: String,
     /// The token's claims; for a session, the session's fields with `sub` set to the user.
@@ -42,6 +43,29 @@ pub struct Identity {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The session id, for re-validation and revocation. Never logged.
     pub session_id: Option<String>,
+}
+
+impl Identity {
+    /// The claims `me { claims }` shows: a token's are the client's own and shown whole; a
+    /// session's `sess` is the Express app's private state (a CSRF secret, say), so only `sub` and
+    /// the fields of `auth.session.expose_claims` are shown.
+    pub fn shown_claims(&self, expose: &[String]) -> Map<String, Value> {
+        match self.method {
+            Method::Session => self
+                .claims
+                .iter()
+                .filter(|(name, _)| *name == "sub" || expose.contains(name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+            Method::Jwt | Method::ApiKey => self.claims.clone(),
+        }
+    }
+
+    /// Whether `other` is granted exactly what this identity is: same user, method and claims.
+    /// Deadlines may differ.
+    pub fn grants_same(&self, other: &Identity) -> bool {
+        self.user_id == other.user_id && self.method == other.method && self.claims == other.claims
+    }
 }
 
 /// Why credentials were refused. Clients are told only "Forbidden".
@@ -134,21 +158,18 @@ impl Authenticator {
 
     /// The identity a valid token carries (also used by `refreshAuth`).
     pub fn token(&self, token: &str) -> Result<Identity, AuthFailure> {
-        let claims = self.verifier.verify(token)?;
-        let user_id = claims
+        let verified = self.verifier.verify(token)?;
+        let user_id = verified
+            .claims
             .get("sub")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0));
         Ok(Identity {
             user_id,
-            claims,
+            claims: verified.claims,
             method: Method::Jwt,
-            expires_at,
+            expires_at: Some(verified.expires_at),
             session_id: None,
         })
     }
