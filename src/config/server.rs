@@ -220,6 +220,12 @@ pub struct Session {
     /// A live session closer than this to its expiry is extended by its original lifetime.
     /// Default `5m`.
     pub refresh_within: Duration,
+    /// Top-level fields of the session's `sess` object that `me { claims }` shows to a session
+    /// connection, besides `sub` (the user id). Default `[]`: nothing else, because `sess` is the
+    /// Express app's own state and may hold secrets (a CSRF secret, say). At most 64 names. Topic
+    /// rules still see every field. Token connections always see their token's claims.
+    #[validate(length(max = 64))]
+    pub expose_claims: Vec<String>,
 }
 
 impl Default for Session {
@@ -231,6 +237,7 @@ impl Default for Session {
             user_pointer: "/passport/user".into(),
             revalidate_every: Duration::secs(300),
             refresh_within: Duration::secs(300),
+            expose_claims: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod chat;
 mod connection;
+mod grant;
 mod observe;
 mod presence;
 mod types;
@@ -25,6 +26,7 @@ use crate::presence::Presence;
 use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
 
+pub use grant::Ending;
 pub use types::Query;
 
 use async_graphql::{MergedObject, MergedSubscription};
@@ -55,7 +57,8 @@ pub struct Instance {
 /// Attached to each operation: who sent it, from where, and on which connection.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
-    pub identity: Option<Identity>,
+    /// Shared by every operation of a connection, however large its claims.
+    pub identity: Option<Arc<Identity>>,
     /// The WebSocket connection id; `None` for HTTP requests.
     pub connection_id: Option<String>,
     pub ip: Option<String>,
@@ -70,33 +73,67 @@ pub async fn authorize(
     topic: &str,
     action: Action,
 ) -> async_graphql::Result<bool> {
-    let config = ctx.data_unchecked::<LiveConfig>().load();
-    let db = ctx.data_unchecked::<Database>();
-    let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
-    let decision = topics::check(&config.topics, db, caller.identity.as_ref(), topic, action).await;
-    match decision.map_err(|e| Error::Internal(e).extend())? {
-        Decision::Allowed { system } => Ok(system),
-        Decision::Denied(reason) => {
-            ctx.data_unchecked::<Audit>().record(Entry::topic_denied(
-                caller.identity.map(|i| i.user_id),
-                caller.connection_id,
-                caller.ip,
-                topic,
-                action,
-                reason,
-            ));
-            let verb = match action {
-                Action::Subscribe => "subscribe to",
-                Action::Publish => "publish on",
-            };
-            Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
+    let identity = ctx.data_opt::<Caller>().and_then(|c| c.identity.as_deref());
+    Gate::of(ctx).check(identity, topic, action).await
+}
+
+/// What a topic check needs, taken from an operation's context so that a running subscription can
+/// check again when its connection's identity changes.
+#[derive(Clone)]
+struct Gate {
+    live: LiveConfig,
+    db: Database,
+    audit: Audit,
+    connection_id: Option<String>,
+    ip: Option<String>,
+}
+
+impl Gate {
+    fn of(ctx: &Context<'_>) -> Self {
+        let caller = ctx.data_opt::<Caller>();
+        Self {
+            live: ctx.data_unchecked::<LiveConfig>().clone(),
+            db: ctx.data_unchecked::<Database>().clone(),
+            audit: ctx.data_unchecked::<Audit>().clone(),
+            connection_id: caller.and_then(|c| c.connection_id.clone()),
+            ip: caller.and_then(|c| c.ip.clone()),
+        }
+    }
+
+    /// The rules in force now (a reload applies to the next check) decide for `identity`.
+    async fn check(
+        &self,
+        identity: Option<&Identity>,
+        topic: &str,
+        action: Action,
+    ) -> async_graphql::Result<bool> {
+        let config = self.live.load();
+        let decision = topics::check(&config.topics, &self.db, identity, topic, action).await;
+        match decision.map_err(|e| Error::Internal(e).extend())? {
+            Decision::Allowed { system } => Ok(system),
+            Decision::Denied(reason) => {
+                self.audit.record(Entry::topic_denied(
+                    identity.map(|i| i.user_id.clone()),
+                    self.connection_id.clone(),
+                    self.ip.clone(),
+                    topic,
+                    action,
+                    reason,
+                ));
+                let verb = match action {
+                    Action::Subscribe => "subscribe to",
+                    Action::Publish => "publish on",
+                };
+                Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
+            }
         }
     }
 }
 
 /// Subscribes the caller to `topic` after checking its `subscribe` grant: events after `after`
 /// (an event id) are replayed first, and the connection is present on the topic while the
-/// returned stream runs. Shared by every subscription that follows a topic.
+/// returned stream runs. The stream ends, with a FORBIDDEN `error`, when the connection's new
+/// credentials no longer have the grant. Shared by every subscription that follows a topic.
 pub async fn follow(
     ctx: &Context<'_>,
     topic: &str,
@@ -112,10 +149,8 @@ pub async fn follow(
         .subscribe(topic.to_string(), after)
         .await
         .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
-    Ok(presence::held(
-        deliveries,
-        presence::enter(ctx, topic).await,
-    ))
+    let present = presence::held(deliveries, presence::enter(ctx, topic).await);
+    Ok(grant::while_granted(ctx, topic, present))
 }
 
 /// What resolvers reach through the schema data.

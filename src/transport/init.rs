@@ -1,5 +1,7 @@
 //! `connection_init`: authenticate, admit the user under the connection limits, then acknowledge.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
@@ -10,6 +12,7 @@ use super::control::{Control, Notice, NoticeKind};
 use super::lifetime::Lifetime;
 use super::protocol::{self, Close, code};
 use crate::audit::Severity;
+use crate::auth::Identity;
 use crate::auth::session::Status;
 use crate::connlog;
 use crate::registry::Refusal;
@@ -32,7 +35,7 @@ impl Connection {
             )
             .await;
         let identity = match authenticated {
-            Ok(identity) => identity,
+            Ok(identity) => identity.map(Arc::new),
             Err(failure) => {
                 tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
                 self.state
@@ -121,8 +124,38 @@ impl Connection {
             json!({ "method": method }),
         );
         super::count(&self.state, "accepted");
+        self.handle.set_identity(identity.clone());
         self.identity = Some(identity);
         self.outbox.text(protocol::connection_ack());
+    }
+
+    /// `refreshAuth` with a valid token of the same user. The connection becomes a plain JWT
+    /// connection whatever it was: it closes at the new token's `exp` (+ leeway), and a session
+    /// connection stops being re-checked against its session row, since the token alone now
+    /// vouches for it. The registry still knows the session it opened with, so revoking that
+    /// session closes it all the same.
+    pub(super) fn refresh(&mut self, identity: Arc<Identity>) {
+        let from = self
+            .identity
+            .as_ref()
+            .and_then(|i| i.as_ref())
+            .map_or("anonymous", |i| i.method.as_str());
+        self.audit(
+            "socket.refreshed",
+            Severity::Info,
+            Some(identity.user_id.clone()),
+            json!({ "from": from, "to": identity.method.as_str() }),
+        );
+        self.reauthenticate(identity);
+    }
+
+    /// Makes `identity` the connection's: its deadlines follow it, operations started from now on
+    /// see it, and running subscriptions check their topic grants again (see the handle's
+    /// identity watch), ending with FORBIDDEN where a grant is gone.
+    fn reauthenticate(&mut self, identity: Arc<Identity>) {
+        self.lifetime = Lifetime::of(&identity, &self.state.config);
+        self.handle.set_identity(Some(identity.clone()));
+        self.identity = Some(Some(identity));
     }
 
     /// Re-checks a session connection's session: a logged-out or expired session gets

@@ -3,10 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{TimeDelta, Utc};
 use jsonwebtoken::{EncodingKey, Header};
-use serde_json::{Value, json};
+use palisade::db::Database;
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
 
-use crate::helpers::{WsClient, spawn_app_with};
+use crate::helpers::{SESSION_SECRET, TestApp, WsClient, spawn_app_on, spawn_app_with};
 
 /// The HMAC secret every test server of `helpers` verifies tokens with.
 const TEST_SECRET: &[u8] = b"integration-test-secret";
@@ -69,4 +72,191 @@ async fn a_time_claim_that_is_not_a_number_is_refused_at_init() {
     }
     app.assert_metrics(&["palisade_auth_failures_total{reason=\"malformed\"} 3"])
         .await;
+}
+
+/// A session row as express-session + connect-pg-simple write it, expiring in an hour.
+async fn insert_session(db: &Database, sid: &str, sess: &Value) {
+    let expire = (Utc::now() + TimeDelta::hours(1)).naive_utc();
+    palisade::on_pool!(db, |pool| {
+        sqlx::query("INSERT INTO session (sid, sess, expire) VALUES ($1, CAST($2 AS json), $3)")
+            .bind(sid)
+            .bind(sess.to_string())
+            .bind(expire)
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap()
+    });
+}
+
+/// A connection acknowledged for the session `sid`, by its signed cookie.
+async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
+    let signed = palisade::auth::session::sign(sid, SESSION_SECRET);
+    let encoded = percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC);
+    let cookie = format!("connect.sid={encoded}");
+    let mut client = app
+        .try_ws("/graphql", &[("cookie", &cookie), ("origin", "http://localhost:5173")])
+        .await
+        .unwrap();
+    client.send(json!({ "type": "connection_init" })).await;
+    assert_eq!(client.recv().await["type"], "connection_ack");
+    client
+}
+
+fn subscribe_events(id: &str, topic: &str) -> Value {
+    json!({ "id": id, "type": "subscribe", "payload": {
+        "query": "subscription($t: String!) { events(topic: $t) { type } }",
+        "variables": { "t": topic } } })
+}
+
+fn refresh(token: &str) -> Value {
+    json!({ "id": "refresh", "type": "subscribe", "payload": {
+        "query": "mutation($t: String!) { refreshAuth(token: $t) { expiresAt } }",
+        "variables": { "t": token } } })
+}
+
+async fn publish(app: &TestApp, topic: &str, kind: &str) {
+    let answer = app
+        .post_as_service(
+            "mutation($t: String!, $k: String!) { publish(topic: $t, type: $k) { id } }",
+            json!({ "t": topic, "k": kind }),
+        )
+        .await;
+    assert!(answer["errors"].is_null(), "{answer}");
+}
+
+/// Waits until the subscriptions `ids` (on `topics`, pairwise) deliver, publishing a `ready`
+/// event on each until they do: a subscription is live only once its task has subscribed.
+async fn until_live(app: &TestApp, client: &mut WsClient, subscriptions: &[(&str, &str)]) {
+    let mut pending: Vec<&str> = subscriptions.iter().map(|(id, _)| *id).collect();
+    for _ in 0..50 {
+        for (id, topic) in subscriptions {
+            if pending.contains(id) {
+                publish(app, topic, "ready").await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(message) = tokio::time::timeout_at(deadline, client.recv()).await {
+            assert_eq!(message["type"], "next", "{message}");
+            pending.retain(|id| message["id"] != *id);
+        }
+        if pending.is_empty() {
+            return;
+        }
+    }
+    panic!("subscriptions {pending:?} never delivered");
+}
+
+/// Reads messages until the operation `id` ends, returning how (its final message), and the
+/// messages of other operations seen meanwhile.
+async fn until_ended(client: &mut WsClient, id: &str) -> (Value, Vec<Value>) {
+    let mut others = Vec::new();
+    loop {
+        let message = client.recv().await;
+        if message["id"] == id && message["type"] != "next" {
+            return (message, others);
+        }
+        others.push(message);
+    }
+}
+
+#[tokio::test]
+async fn refresh_auth_ends_only_the_subscriptions_the_new_claims_no_longer_grant() {
+    let app = spawn_app_with(|_| {}).await;
+    let member = Map::from_iter([("workspaces".to_string(), json!(["acme"]))]);
+    let mut client = app.ws_acked_with(&app.token_with("alice", member)).await;
+    client.send(subscribe_events("feed", "workspace:acme:feed")).await;
+    client.send(subscribe_events("mine", "user:alice")).await;
+    until_live(&app, &mut client, &[("feed", "workspace:acme:feed"), ("mine", "user:alice")]).await;
+
+    client.send(refresh(&app.token("alice"))).await;
+    let (ended, others) = until_ended(&mut client, "feed").await;
+    assert_eq!(ended["type"], "error", "{ended}");
+    assert_eq!(ended["payload"][0]["extensions"]["code"], "FORBIDDEN", "{ended}");
+    assert_eq!(ended["payload"][0]["path"], json!(["events"]), "{ended}");
+    assert!(
+        others.iter().all(|m| m["id"] == "refresh"),
+        "nothing else was sent meanwhile: {others:?}"
+    );
+
+    // The workspace event reaches nobody; the user's own topic still delivers.
+    publish(&app, "workspace:acme:feed", "after-refresh").await;
+    publish(&app, "user:alice", "after-refresh").await;
+    loop {
+        let message = client.recv().await;
+        if message["id"] == "refresh" {
+            continue;
+        }
+        assert_eq!(message["id"], "mine", "{message}");
+        assert_eq!(message["payload"]["data"]["events"]["type"], "after-refresh");
+        break;
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_session_connection_refreshed_with_a_token_becomes_a_token_connection(pool: PgPool) {
+    let db = Database::from_pg_pool(pool).await.unwrap();
+    let app = spawn_app_on(db, |c| {
+        c.auth.session.revalidate_every = "200ms".parse().unwrap();
+        c.auth.jwt.leeway = "0s".parse().unwrap();
+    })
+    .await;
+    let sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
+    insert_session(&app.state.db, "sid-refreshed", &sess).await;
+    let mut client = session_connection(&app, "sid-refreshed").await;
+    client.send(subscribe_events("feed", "workspace:acme:feed")).await;
+    client.send(subscribe_events("mine", "user:alice")).await;
+    until_live(&app, &mut client, &[("feed", "workspace:acme:feed"), ("mine", "user:alice")]).await;
+
+    // The token's claims, not the session's, decide from now on.
+    let token = app.token_for("alice", Map::new(), Duration::from_secs(3));
+    client.send(refresh(&token)).await;
+    let (ended, _) = until_ended(&mut client, "feed").await;
+    assert_eq!(ended["type"], "error", "{ended}");
+    assert_eq!(ended["payload"][0]["extensions"]["code"], "FORBIDDEN", "{ended}");
+
+    // Logging out of the session no longer matters; the token's exp does.
+    palisade::on_pool!(&app.state.db, |pool| {
+        sqlx::query("DELETE FROM session WHERE sid = 'sid-refreshed'")
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publish(&app, "user:alice", "still-open").await;
+    loop {
+        let message = client.recv().await;
+        if message["id"] == "mine" {
+            assert_eq!(message["payload"]["data"]["events"]["type"], "still-open");
+            break;
+        }
+    }
+    assert_eq!(client.closed().await, (4403, "Token expired".into()));
+}
+
+#[sqlx::test(migrations = false)]
+async fn me_on_a_session_connection_shows_only_the_exposed_claims(pool: PgPool) {
+    let db = Database::from_pg_pool(pool).await.unwrap();
+    let app = spawn_app_on(db, |c| {
+        c.auth.session.expose_claims = vec!["displayName".into()];
+    })
+    .await;
+    let sess = json!({
+        "cookie": { "originalMaxAge": 3_600_000, "httpOnly": true },
+        "passport": { "user": "alice" },
+        "csrfSecret": "do-not-show",
+        "displayName": "Alice",
+    });
+    insert_session(&app.state.db, "sid-me", &sess).await;
+    let mut client = session_connection(&app, "sid-me").await;
+    client
+        .send(json!({ "id": "me", "type": "subscribe", "payload": { "query": "{ me { id claims } }" } }))
+        .await;
+    let me = client.recv().await;
+    assert_eq!(
+        me["payload"]["data"]["me"],
+        json!({ "id": "alice", "claims": { "sub": "alice", "displayName": "Alice" } }),
+        "{me}"
+    );
 }
