@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
-use chrono::{DateTime, TimeDelta, Utc};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};

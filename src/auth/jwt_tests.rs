@@ -190,9 +190,7 @@ fn a_fractional_exp_is_the_deadline_validation_checked() {
             serde_json::json!({ "sub": "a", "exp": exp }),
         ))
         .unwrap();
-    let expected = Utc
-        .timestamp_opt(exp.floor() as i64, 250_000_000)
-        .unwrap();
+    let expected = Utc.timestamp_opt(exp.floor() as i64, 250_000_000).unwrap();
     assert_eq!(verified.expires_at, expected);
     // Half a second past: expired, with no rounding to the nearest second.
     let past = now() as f64 - 0.5;

@@ -49,7 +49,10 @@ pub(super) fn while_granted<T: Send + 'static>(
     let mut identity = handle.identity();
     // The operation was authorized under the identity it started with; had the connection's
     // changed since, that change must be checked too.
-    if !same(identity.borrow_and_update().as_ref(), caller.identity.as_ref()) {
+    if !same(
+        identity.borrow_and_update().as_ref(),
+        caller.identity.as_ref(),
+    ) {
         identity.mark_changed();
     }
     let watched = Watched {

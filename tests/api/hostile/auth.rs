@@ -92,10 +92,14 @@ async fn insert_session(db: &Database, sid: &str, sess: &Value) {
 /// A connection acknowledged for the session `sid`, by its signed cookie.
 async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
     let signed = palisade::auth::session::sign(sid, SESSION_SECRET);
-    let encoded = percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC);
+    let encoded =
+        percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC);
     let cookie = format!("connect.sid={encoded}");
     let mut client = app
-        .try_ws("/graphql", &[("cookie", &cookie), ("origin", "http://localhost:5173")])
+        .try_ws(
+            "/graphql",
+            &[("cookie", &cookie), ("origin", "http://localhost:5173")],
+        )
         .await
         .unwrap();
     client.send(json!({ "type": "connection_init" })).await;
@@ -165,14 +169,24 @@ async fn refresh_auth_ends_only_the_subscriptions_the_new_claims_no_longer_grant
     let app = spawn_app_with(|_| {}).await;
     let member = Map::from_iter([("workspaces".to_string(), json!(["acme"]))]);
     let mut client = app.ws_acked_with(&app.token_with("alice", member)).await;
-    client.send(subscribe_events("feed", "workspace:acme:feed")).await;
+    client
+        .send(subscribe_events("feed", "workspace:acme:feed"))
+        .await;
     client.send(subscribe_events("mine", "user:alice")).await;
-    until_live(&app, &mut client, &[("feed", "workspace:acme:feed"), ("mine", "user:alice")]).await;
+    until_live(
+        &app,
+        &mut client,
+        &[("feed", "workspace:acme:feed"), ("mine", "user:alice")],
+    )
+    .await;
 
     client.send(refresh(&app.token("alice"))).await;
     let (ended, others) = until_ended(&mut client, "feed").await;
     assert_eq!(ended["type"], "error", "{ended}");
-    assert_eq!(ended["payload"][0]["extensions"]["code"], "FORBIDDEN", "{ended}");
+    assert_eq!(
+        ended["payload"][0]["extensions"]["code"], "FORBIDDEN",
+        "{ended}"
+    );
     assert_eq!(ended["payload"][0]["path"], json!(["events"]), "{ended}");
     assert!(
         others.iter().all(|m| m["id"] == "refresh"),
@@ -188,7 +202,10 @@ async fn refresh_auth_ends_only_the_subscriptions_the_new_claims_no_longer_grant
             continue;
         }
         assert_eq!(message["id"], "mine", "{message}");
-        assert_eq!(message["payload"]["data"]["events"]["type"], "after-refresh");
+        assert_eq!(
+            message["payload"]["data"]["events"]["type"],
+            "after-refresh"
+        );
         break;
     }
 }
@@ -204,16 +221,26 @@ async fn a_session_connection_refreshed_with_a_token_becomes_a_token_connection(
     let sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
     insert_session(&app.state.db, "sid-refreshed", &sess).await;
     let mut client = session_connection(&app, "sid-refreshed").await;
-    client.send(subscribe_events("feed", "workspace:acme:feed")).await;
+    client
+        .send(subscribe_events("feed", "workspace:acme:feed"))
+        .await;
     client.send(subscribe_events("mine", "user:alice")).await;
-    until_live(&app, &mut client, &[("feed", "workspace:acme:feed"), ("mine", "user:alice")]).await;
+    until_live(
+        &app,
+        &mut client,
+        &[("feed", "workspace:acme:feed"), ("mine", "user:alice")],
+    )
+    .await;
 
     // The token's claims, not the session's, decide from now on.
     let token = app.token_for("alice", Map::new(), Duration::from_secs(3));
     client.send(refresh(&token)).await;
     let (ended, _) = until_ended(&mut client, "feed").await;
     assert_eq!(ended["type"], "error", "{ended}");
-    assert_eq!(ended["payload"][0]["extensions"]["code"], "FORBIDDEN", "{ended}");
+    assert_eq!(
+        ended["payload"][0]["extensions"]["code"], "FORBIDDEN",
+        "{ended}"
+    );
 
     // Logging out of the session no longer matters; the token's exp does.
     palisade::on_pool!(&app.state.db, |pool| {
