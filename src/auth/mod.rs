@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 pub use jwt::Verifier;
-pub use session::SessionStore;
+pub use session::{SessionError, SessionStore};
 
 /// How a connection proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +79,10 @@ pub enum AuthFailure {
     Session(#[from] session::SessionError),
     #[error("the session has no logged-in user")]
     AnonymousSession,
+    /// The token's claims are larger than `auth.max_claims_bytes`; refused before they are
+    /// decoded, so nothing holds them. (A session's are refused as [`SessionError::TooLarge`].)
+    #[error("the token's claims take {bytes} bytes, over the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl AuthFailure {
@@ -89,6 +93,16 @@ impl AuthFailure {
             AuthFailure::Token(error) => error.cause(),
             AuthFailure::Session(e) => e.cause(),
             AuthFailure::AnonymousSession => "anonymous_session",
+            AuthFailure::TooLarge { .. } => "claims_too_large",
+        }
+    }
+
+    /// The `auth.max_claims_bytes` the credentials exceeded, if that is why they were refused.
+    pub fn exceeded_limit(&self) -> Option<usize> {
+        match self {
+            AuthFailure::TooLarge { limit, .. }
+            | AuthFailure::Session(SessionError::TooLarge { limit, .. }) => Some(*limit),
+            _ => None,
         }
     }
 }
@@ -98,16 +112,24 @@ impl AuthFailure {
 pub struct Authenticator {
     verifier: Verifier,
     required: bool,
+    /// `auth.max_claims_bytes`.
+    max_claims_bytes: usize,
     /// Express session cookies; `None` when no cookie secrets are configured.
     sessions: Option<SessionStore>,
 }
 
 impl Authenticator {
-    pub fn new(verifier: Verifier, required: bool, sessions: Option<SessionStore>) -> Self {
+    pub fn new(
+        verifier: Verifier,
+        config: &crate::config::Auth,
+        sessions: Option<SessionStore>,
+    ) -> Self {
+        let max_claims_bytes = config.max_claims_bytes.bytes();
         Self {
             verifier,
-            required,
-            sessions,
+            required: config.required,
+            max_claims_bytes,
+            sessions: sessions.map(|store| store.limit_claims(max_claims_bytes)),
         }
     }
 
@@ -158,6 +180,13 @@ impl Authenticator {
 
     /// The identity a valid token carries (also used by `refreshAuth`).
     pub fn token(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let bytes = payload_bytes(token);
+        if bytes > self.max_claims_bytes {
+            return Err(AuthFailure::TooLarge {
+                bytes,
+                limit: self.max_claims_bytes,
+            });
+        }
         let verified = self.verifier.verify(token)?;
         let user_id = verified
             .claims
@@ -173,6 +202,13 @@ impl Authenticator {
             session_id: None,
         })
     }
+}
+
+/// How many bytes a token's claims decode to, from the length of its payload segment alone, so an
+/// oversized token is refused before anything is decoded or verified.
+fn payload_bytes(token: &str) -> usize {
+    // Unpadded base64url carries 3 bytes in every 4 characters (exact for a well-formed segment).
+    token.split('.').nth(1).unwrap_or_default().len() * 3 / 4
 }
 
 fn token_from_payload(payload: &Value) -> Option<String> {

@@ -109,6 +109,9 @@ pub enum SessionError {
     /// The row exists but `sess` is not a JSON object, or its lifetime is out of range.
     #[error("session row is corrupt")]
     Corrupt,
+    /// `sess` is larger than `auth.max_claims_bytes`; refused before it is parsed.
+    #[error("the session takes {bytes} bytes, over the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
     /// The session table could not be read or written.
     #[error("session store query failed: {0}")]
     Database(#[source] sqlx::Error),
@@ -123,13 +126,15 @@ impl SessionError {
             SessionError::Missing => "session_missing",
             SessionError::Expired => "session_expired",
             SessionError::Corrupt => "session_corrupt",
+            SessionError::TooLarge { .. } => "claims_too_large",
             SessionError::Database(_) => "database",
         }
     }
 }
 
-/// A live session row, as found by [`SessionStore::authenticate`] or [`SessionStore::lookup`].
-#[derive(Clone)]
+/// A live session row, as found by [`SessionStore::authenticate`], [`SessionStore::lookup`] or
+/// [`SessionStore::recheck`].
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     /// The session id (the cookie's unsigned value). Never logged.
     pub sid: String,
@@ -177,12 +182,9 @@ impl Session {
 /// What a re-check of a live connection's session found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// Still valid. The caller compares `user_id` with the connection's user.
-    Active {
-        user_id: String,
-        expire: DateTime<Utc>,
-        lifetime: TimeDelta,
-    },
+    /// Still valid, with a user: the row as it is now, whose `sess` replaces the connection's
+    /// claims. The caller compares its user with the connection's.
+    Active(Session),
     /// The row is gone: the user logged out (`req.session.destroy()`) or it was pruned.
     Missing,
     /// The row's `expire` is in the past.
@@ -195,7 +197,7 @@ impl Status {
     /// A short, low-cardinality cause for metrics, audit rows and close reasons.
     pub fn cause(&self) -> &'static str {
         match self {
-            Status::Active { .. } => "active",
+            Status::Active(_) => "active",
             Status::Missing => "session_missing",
             Status::Expired => "session_expired",
             Status::LoggedOut => "session_logged_out",
@@ -210,6 +212,8 @@ pub struct SessionStore {
     secrets: Arc<[Vec<u8>]>,
     cookie_name: String,
     user_pointer: String,
+    /// `auth.max_claims_bytes`: the largest `sess` read.
+    max_sess_bytes: usize,
     select_sql: Arc<str>,
     touch_sql: Arc<str>,
 }
@@ -255,10 +259,17 @@ impl SessionStore {
             secrets: secrets.into_iter().map(|s| s.as_ref().to_vec()).collect(),
             cookie_name: config.cookie_name.clone(),
             user_pointer: config.user_pointer.clone(),
+            max_sess_bytes: crate::config::Auth::default().max_claims_bytes.bytes(),
             select_sql: format!("SELECT CAST(sess AS TEXT), expire FROM {table} WHERE sid = $1")
                 .into(),
             touch_sql: format!("UPDATE {table} SET expire = $1 WHERE sid = $2").into(),
         }
+    }
+
+    /// Refuses sessions whose `sess` takes more than `bytes` (`auth.max_claims_bytes`).
+    pub fn limit_claims(mut self, bytes: usize) -> Self {
+        self.max_sess_bytes = bytes;
+        self
     }
 
     pub fn cookie_name(&self) -> &str {
@@ -296,17 +307,11 @@ impl SessionStore {
         if expire < Utc::now() {
             return Err(SessionError::Expired);
         }
-        let data = parse_sess(&sess)?;
-        Ok(Session {
-            sid: sid.to_string(),
-            user_id: user_id(&data, &self.user_pointer),
-            expire,
-            lifetime: lifetime(&data),
-            data,
-        })
+        self.read(sid, &sess, expire)
     }
 
-    /// Re-checks a live connection's session. Only a failed query (or a corrupt row) is an error.
+    /// Re-checks a live connection's session. Only a failed query, a corrupt row or a `sess` over
+    /// the size limit is an error.
     #[tracing::instrument(skip_all)]
     pub async fn recheck(&self, sid: &str) -> Result<Status, SessionError> {
         let Some((sess, expire)) = self.fetch(sid).await? else {
@@ -316,19 +321,33 @@ impl SessionStore {
         if expire < Utc::now() {
             return Ok(Status::Expired);
         }
-        let data = parse_sess(&sess)?;
-        Ok(match user_id(&data, &self.user_pointer) {
-            Some(user_id) => Status::Active {
-                user_id,
-                expire,
-                lifetime: lifetime(&data),
-            },
+        let session = self.read(sid, &sess, expire)?;
+        Ok(match session.user_id {
+            Some(_) => Status::Active(session),
             None => Status::LoggedOut,
         })
     }
 
+    /// A live row as a [`Session`]; its size is checked before it is parsed.
+    fn read(&self, sid: &str, sess: &str, expire: DateTime<Utc>) -> Result<Session, SessionError> {
+        if sess.len() > self.max_sess_bytes {
+            return Err(SessionError::TooLarge {
+                bytes: sess.len(),
+                limit: self.max_sess_bytes,
+            });
+        }
+        let data = parse_sess(sess)?;
+        Ok(Session {
+            sid: sid.to_string(),
+            user_id: user_id(&data, &self.user_pointer),
+            expire,
+            lifetime: lifetime(&data),
+            data,
+        })
+    }
+
     /// Slides a live session forward as express-session's `touch` through connect-pg-simple does:
-    /// `expire` becomes now + `lifetime` ([`Session::lifetime`], [`Status::Active`]'s `lifetime`)
+    /// `expire` becomes now + `lifetime` ([`Session::lifetime`])
     /// and nothing else changes. Returns the new `expire` (whole microseconds, as stored).
     /// `Missing` when the row is gone. Call it only for a session just found live: like
     /// connect-pg-simple, it does not check whether the row has expired meanwhile.

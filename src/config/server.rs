@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::units::Duration;
+use super::units::{ByteSize, Duration};
 
 /// Where Palisade listens and how it shuts down.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
@@ -124,6 +124,22 @@ pub struct Auth {
     /// key acts as a caller with the role `service` under the topic rules. Read at startup.
     #[validate(length(min = 1))]
     pub publish_key_env: String,
+    /// Largest claim set a connection or request may authenticate with: a token's decoded payload,
+    /// or a session's `sess` as stored. Default `16KiB`, from `1KiB` to `1MiB`. Larger credentials
+    /// are refused before they are parsed (close 4400 `Credentials too large` at
+    /// `connection_init`, `UNAUTHENTICATED` over HTTP), and a session that grows past it closes
+    /// its connections at the next re-check. Read at startup.
+    #[validate(custom(function = "claims_bytes_in_range"))]
+    pub max_claims_bytes: ByteSize,
+}
+
+fn claims_bytes_in_range(bytes: &ByteSize) -> Result<(), validator::ValidationError> {
+    if (ByteSize::kib(1)..=ByteSize::kib(1024)).contains(bytes) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("range")
+            .with_message("must be between 1KiB and 1MiB".into()))
+    }
 }
 
 impl Default for Auth {
@@ -137,6 +153,7 @@ impl Default for Auth {
             jwt: Jwt::default(),
             session: Session::default(),
             publish_key_env: "PALISADE_PUBLISH_KEY".into(),
+            max_claims_bytes: ByteSize::kib(16),
         }
     }
 }

@@ -12,8 +12,8 @@ use super::control::{Control, Notice, NoticeKind};
 use super::lifetime::Lifetime;
 use super::protocol::{self, Close, code};
 use crate::audit::Severity;
-use crate::auth::Identity;
 use crate::auth::session::Status;
+use crate::auth::{Identity, SessionError};
 use crate::connlog;
 use crate::registry::Refusal;
 
@@ -55,13 +55,19 @@ impl Connection {
                     }),
                 );
                 super::count(&self.state, "auth_failed");
+                // The same reason whatever the cause, so an attacker learns nothing; except for
+                // credentials too large, which only their holder made so and which retrying
+                // cannot fix (graphql-ws clients do not retry 4400).
+                let close = match failure.exceeded_limit() {
+                    Some(limit) => too_large(limit),
+                    None => Close::new(code::FORBIDDEN, "Forbidden"),
+                };
                 if self.protocol
                     == async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS
                 {
-                    self.outbox.text(protocol::connection_error("Forbidden"));
+                    self.outbox.text(protocol::connection_error(&close.reason));
                 }
-                // The same reason whatever the cause: an attacker learns nothing.
-                return self.outbox.close(Close::new(code::FORBIDDEN, "Forbidden"));
+                return self.outbox.close(close);
             }
         };
         if let Some(identity) = &identity {
@@ -158,10 +164,11 @@ impl Connection {
         self.identity = Some(Some(identity));
     }
 
-    /// Re-checks a session connection's session: a logged-out or expired session gets
-    /// `SESSION_EXPIRED` and a 4403 close; a live one close to its expiry is extended by its original
-    /// lifetime, as the Express app does for an active user. A database error keeps the connection:
-    /// the next check decides.
+    /// Re-checks a session connection's session. A live one replaces the connection's claims with
+    /// what `sess` holds now (running subscriptions whose grant is gone end with FORBIDDEN), and is
+    /// extended by its original lifetime when close to its expiry, as the Express app does for an
+    /// active user. A logged-out, expired, corrupt or oversized session, or one now of another
+    /// user, closes the connection. A database error keeps it: the next check decides.
     pub(super) async fn recheck_session(&mut self) {
         let Some(Some(identity)) = &self.identity else {
             return;
@@ -171,43 +178,56 @@ impl Connection {
             return;
         };
         let user = identity.user_id.clone();
-        match store.recheck(&sid).await {
-            Ok(Status::Active {
-                user_id,
-                expire,
-                lifetime,
-            }) if user_id == user => {
+        let expired = || Close::new(code::FORBIDDEN, "Session expired");
+        let (cause, close) = match store.recheck(&sid).await {
+            Ok(Status::Active(mut session)) if session.user_id.as_ref() == Some(&user) => {
                 let refresh_within = self.state.config.auth.session.refresh_within.get();
-                let due = (expire - Utc::now()).to_std().unwrap_or_default() < refresh_within;
-                if due && let Err(error) = store.extend(&sid, lifetime).await {
-                    tracing::warn!(parent: &self.span, cause = error.cause(), "could not extend the session");
+                let left = (session.expire - Utc::now()).to_std().unwrap_or_default();
+                if left < refresh_within {
+                    match store.extend(&sid, session.lifetime).await {
+                        Ok(expire) => session.expire = expire,
+                        Err(error) => {
+                            tracing::warn!(parent: &self.span, cause = error.cause(), "could not extend the session")
+                        }
+                    }
                 }
+                if let Some(identity) = session.identity() {
+                    self.reauthenticate(Arc::new(identity));
+                }
+                return;
             }
-            Ok(status) => {
-                let cause = match status {
-                    Status::Active { .. } => "user_changed",
-                    other => other.cause(),
-                };
-                tracing::info!(parent: &self.span, cause, "session ended; closing");
-                self.audit(
-                    "socket.session_expired",
-                    Severity::Info,
-                    Some(user),
-                    json!({ "cause": cause }),
-                );
-                self.control(Control::Close {
-                    notice: Some(Notice::new(
-                        NoticeKind::SessionExpired,
-                        "The session ended (logged out or expired)",
-                    )),
-                    close: Close::new(code::FORBIDDEN, "Session expired"),
-                });
+            Ok(Status::Active(_)) => ("user_changed", expired()),
+            Ok(status) => (status.cause(), expired()),
+            Err(SessionError::Database(_)) => {
+                tracing::warn!(parent: &self.span, cause = "database", "could not re-check the session");
+                return;
             }
-            Err(error) => {
-                tracing::warn!(parent: &self.span, cause = error.cause(), "could not re-check the session")
-            }
-        }
+            Err(SessionError::TooLarge { limit, .. }) => ("claims_too_large", too_large(limit)),
+            Err(error) => (error.cause(), expired()),
+        };
+        tracing::info!(parent: &self.span, cause, "session ended; closing");
+        self.audit(
+            "socket.session_expired",
+            Severity::Info,
+            Some(user),
+            json!({ "cause": cause }),
+        );
+        self.control(Control::Close {
+            notice: Some(Notice::new(
+                NoticeKind::SessionExpired,
+                "The session ended (logged out or expired)",
+            )),
+            close,
+        });
     }
+}
+
+/// The close for credentials over `auth.max_claims_bytes`.
+fn too_large(limit: usize) -> Close {
+    Close::new(
+        code::BAD_REQUEST,
+        format!("Credentials too large (limit {limit} bytes)"),
+    )
 }
 
 /// Upgrade headers safe to keep in the audit trail: credentials and anything that looks like one

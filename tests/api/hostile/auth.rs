@@ -89,8 +89,21 @@ async fn insert_session(db: &Database, sid: &str, sess: &Value) {
     });
 }
 
-/// A connection acknowledged for the session `sid`, by its signed cookie.
-async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
+/// What the Express app would write into `sess` on a later request.
+async fn update_session(db: &Database, sid: &str, sess: &Value) {
+    palisade::on_pool!(db, |pool| {
+        sqlx::query("UPDATE session SET sess = CAST($1 AS json) WHERE sid = $2")
+            .bind(sess.to_string())
+            .bind(sid)
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap()
+    });
+}
+
+/// A connection that sent `connection_init` with the signed cookie of session `sid`.
+async fn session_init(app: &TestApp, sid: &str) -> WsClient {
     let signed = palisade::auth::session::sign(sid, SESSION_SECRET);
     let encoded =
         percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC);
@@ -103,6 +116,12 @@ async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
         .await
         .unwrap();
     client.send(json!({ "type": "connection_init" })).await;
+    client
+}
+
+/// A connection acknowledged for the session `sid`.
+async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
+    let mut client = session_init(app, sid).await;
     assert_eq!(client.recv().await["type"], "connection_ack");
     client
 }
@@ -286,4 +305,93 @@ async fn me_on_a_session_connection_shows_only_the_exposed_claims(pool: PgPool) 
         json!({ "id": "alice", "claims": { "sub": "alice", "displayName": "Alice" } }),
         "{me}"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_session_re_check_replaces_the_claims_and_ends_the_subscriptions_they_no_longer_grant(
+    pool: PgPool,
+) {
+    let db = Database::from_pg_pool(pool).await.unwrap();
+    let app = spawn_app_on(db, |c| {
+        c.auth.session.revalidate_every = "200ms".parse().unwrap();
+    })
+    .await;
+    let mut sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
+    insert_session(&app.state.db, "sid-removed", &sess).await;
+    let mut client = session_connection(&app, "sid-removed").await;
+    client
+        .send(subscribe_events("feed", "workspace:acme:feed"))
+        .await;
+    client.send(subscribe_events("mine", "user:alice")).await;
+    until_live(
+        &app,
+        &mut client,
+        &[("feed", "workspace:acme:feed"), ("mine", "user:alice")],
+    )
+    .await;
+
+    // The Express app removes alice from the workspace; the sliding session stays alive.
+    sess["workspaces"] = json!([]);
+    update_session(&app.state.db, "sid-removed", &sess).await;
+    let (ended, others) = until_ended(&mut client, "feed").await;
+    assert_eq!(ended["type"], "error", "{ended}");
+    assert_eq!(
+        ended["payload"][0]["extensions"]["code"], "FORBIDDEN",
+        "{ended}"
+    );
+    assert!(others.is_empty(), "{others:?}");
+
+    // New operations see the stored claims too.
+    client
+        .send(subscribe_events("again", "workspace:acme:other"))
+        .await;
+    let refused = client.recv().await;
+    assert_eq!(
+        (&refused["id"], &refused["type"]),
+        (&json!("again"), &json!("error"))
+    );
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "FORBIDDEN");
+
+    publish(&app, "user:alice", "still-here").await;
+    let event = client.recv().await;
+    assert_eq!(event["id"], "mine", "{event}");
+    assert_eq!(event["payload"]["data"]["events"]["type"], "still-here");
+}
+
+#[sqlx::test(migrations = false)]
+async fn credentials_larger_than_max_claims_bytes_are_refused_at_authentication(pool: PgPool) {
+    let db = Database::from_pg_pool(pool).await.unwrap();
+    let app = spawn_app_on(db, |c| {
+        c.auth.session.revalidate_every = "200ms".parse().unwrap();
+    })
+    .await;
+    let too_large = (
+        4400,
+        "Credentials too large (limit 16384 bytes)".to_string(),
+    );
+    let blob = "x".repeat(17 * 1024);
+
+    let big = json!({ "passport": { "user": "alice" }, "blob": blob });
+    insert_session(&app.state.db, "sid-big", &big).await;
+    let mut client = session_init(&app, "sid-big").await;
+    assert_eq!(client.closed().await, too_large);
+
+    let token = app.token_with("alice", Map::from_iter([("blob".to_string(), json!(blob))]));
+    let mut client = app.ws("graphql-transport-ws").await;
+    init_with(&mut client, &token).await;
+    assert_eq!(client.closed().await, too_large);
+    app.assert_metrics(&["palisade_auth_failures_total{reason=\"claims_too_large\"} 2"])
+        .await;
+
+    // A session that grows past the bound while connected is closed at its next re-check.
+    let small = json!({ "passport": { "user": "bob" } });
+    insert_session(&app.state.db, "sid-grows", &small).await;
+    let mut client = session_connection(&app, "sid-grows").await;
+    update_session(
+        &app.state.db,
+        "sid-grows",
+        &json!({ "passport": { "user": "bob" }, "blob": blob }),
+    )
+    .await;
+    assert_eq!(client.closed().await, too_large);
 }
