@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         operations: Arc::new(OperationLimits::new(&config.operations, None)?),
         auth: Arc::new(Authenticator::new(
             Verifier::new(&config.auth.jwt, &secret)?,
-            true,
+            &config.auth,
             None,
         )),
         bus: bus.clone(),
