@@ -54,6 +54,9 @@ pub struct Metrics {
     pub presence_log_dropped: IntCounter,
     /// 1 when the last `/readyz` found every dependency reachable, else 0.
     pub ready: IntGauge,
+    /// Bytes of claims held by live connections' identities (as JSON): one copy per connection,
+    /// however many operations share it, each at most `auth.max_claims_bytes`.
+    pub claims_bytes: IntGauge,
 }
 
 /// Prepended to every metric name at export.
@@ -241,6 +244,14 @@ impl Metrics {
                 r,
                 IntGauge::new("ready", "1 when the last readiness probe passed")
                     .expect("static metric definition"),
+            ),
+            claims_bytes: register(
+                r,
+                IntGauge::new(
+                    "claims_bytes",
+                    "Bytes of claims held by live connections, one copy per connection",
+                )
+                .expect("static metric definition"),
             ),
             names: catalog.names.take(),
             registry: catalog.registry,

@@ -2,7 +2,9 @@
 //! authorized under the identity its connection had when it started; when the connection's identity
 //! changes (`refreshAuth`, or a session re-check that found other claims), it checks its grant
 //! again under the new one, and ends with a FORBIDDEN `error` on its id when the grant is gone.
-//! Subscriptions whose grant holds keep running untouched.
+//! Subscriptions whose grant holds keep running untouched. A grant that cannot be checked (the
+//! database behind a `member` grant is down) is not kept either: the subscription ends with
+//! INTERNAL_SERVER_ERROR, as it would have been refused at its start.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

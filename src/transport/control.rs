@@ -144,3 +144,39 @@ impl std::fmt::Debug for Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Method;
+
+    fn identity(claims: serde_json::Value) -> Option<Arc<Identity>> {
+        Some(Arc::new(Identity {
+            user_id: "alice".into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            method: Method::Session,
+            expires_at: None,
+            session_id: Some("sid".into()),
+        }))
+    }
+
+    #[test]
+    fn identity_watchers_wake_only_when_the_grants_change() {
+        let (handle, _control) = ConnectionHandle::new("c".into(), Default::default());
+        let mut watcher = handle.identity();
+        handle.set_identity(identity(serde_json::json!({ "workspaces": ["acme"] })));
+        assert!(watcher.has_changed().unwrap());
+        watcher.borrow_and_update();
+
+        // The same sess read again: nothing for subscriptions to re-check.
+        handle.set_identity(identity(serde_json::json!({ "workspaces": ["acme"] })));
+        assert!(!watcher.has_changed().unwrap());
+
+        handle.set_identity(identity(serde_json::json!({ "workspaces": [] })));
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(
+            watcher.borrow_and_update().as_ref().unwrap().claims["workspaces"],
+            serde_json::json!([])
+        );
+    }
+}

@@ -120,7 +120,11 @@ impl Connection {
             {
                 tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
             }
-            self.lifetime = Lifetime::of(identity, &self.state.config);
+            self.lifetime = Lifetime::of(
+                identity,
+                &self.state.config,
+                &self.state.metrics.claims_bytes,
+            );
         }
         let method = identity.as_ref().map_or("anonymous", |i| i.method.as_str());
         self.audit(
@@ -159,7 +163,11 @@ impl Connection {
     /// see it, and running subscriptions check their topic grants again (see the handle's
     /// identity watch), ending with FORBIDDEN where a grant is gone.
     fn reauthenticate(&mut self, identity: Arc<Identity>) {
-        self.lifetime = Lifetime::of(&identity, &self.state.config);
+        self.lifetime = Lifetime::of(
+            &identity,
+            &self.state.config,
+            &self.state.metrics.claims_bytes,
+        );
         self.handle.set_identity(Some(identity.clone()));
         self.identity = Some(Some(identity));
     }

@@ -395,3 +395,49 @@ async fn credentials_larger_than_max_claims_bytes_are_refused_at_authentication(
     .await;
     assert_eq!(client.closed().await, too_large);
 }
+
+/// The value of an unlabelled gauge on `/metrics`.
+async fn gauge(app: &TestApp, name: &str) -> i64 {
+    let text = app.metrics_text().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_holds_one_copy_of_its_claims_however_many_operations_it_runs() {
+    use base64::Engine;
+    let app = spawn_app_with(|_| {}).await;
+    let blob = "x".repeat(8 * 1024);
+    let token = app.token_with("alice", Map::from_iter([("blob".to_string(), json!(blob))]));
+    let payload = token.split('.').nth(1).unwrap();
+    let claims_len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap()
+        .len() as i64;
+
+    let mut client = app.ws_acked_with(&token).await;
+    let topics: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("s{i}"), "user:alice".to_string()))
+        .collect();
+    for (id, topic) in &topics {
+        client.send(subscribe_events(id, topic)).await;
+    }
+    let live: Vec<(&str, &str)> = topics
+        .iter()
+        .map(|(id, topic)| (id.as_str(), topic.as_str()))
+        .collect();
+    until_live(&app, &mut client, &live).await;
+    assert_eq!(gauge(&app, "palisade_claims_bytes").await, claims_len);
+
+    drop(client);
+    for _ in 0..100 {
+        if gauge(&app, "palisade_claims_bytes").await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the closed connection still counts its claims");
+}
