@@ -1,6 +1,7 @@
 //! Who is on the other end: credentials presented at `connection_init` (or on an HTTP request)
 //! become an [`Identity`], or a refusal whose real cause goes to the audit trail only.
 
+mod cookie;
 pub mod jwt;
 pub mod keys;
 pub mod secret;

@@ -11,9 +11,11 @@
 //! `auth.session.table`. `expire` has no time zone and is UTC. A row that is missing or whose
 //! `expire` is in the past is refused. The user is the string or number at `auth.session.user_pointer`
 //! (default `/passport/user`) inside `sess`; with nothing there the session is anonymous (passport
-//! removes the user on logout), and the caller decides whether that is acceptable.
+//! removes the user on logout), and the caller decides whether that is acceptable. A `sess` larger
+//! than `auth.max_claims_bytes` is refused before it is parsed.
 //!
-//! Live connections re-check their session with [`SessionStore::recheck`] and slide it forward with
+//! Live connections re-check their session with [`SessionStore::recheck`], whose `sess` replaces
+//! the connection's claims, and slide it forward with
 //! [`SessionStore::extend`], which writes only `expire`, exactly as express-session's `touch` through
 //! connect-pg-simple does: now + `sess.cookie.originalMaxAge` (ms), or connect-pg-simple's default
 //! of one day when the cookie has no max age.
@@ -25,70 +27,19 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use axum::http::header::COOKIE;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeDelta, Utc};
-use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
-use sha2::Sha256;
 use sqlx::AssertSqlSafe;
 
+use super::cookie::unsign;
+pub use super::cookie::{cookie_value, sign};
 use super::{Identity, Method};
 use crate::config::Session as SessionConfig;
 use crate::db::Database;
 use crate::on_pool;
 
-type HmacSha256 = Hmac<Sha256>;
-
 /// connect-pg-simple's `ttl` when the session cookie has no max age (a browser-session cookie).
 pub const DEFAULT_TTL: TimeDelta = TimeDelta::seconds(86_400);
-
-/// Browsers keep at most 4096 bytes per cookie; anything longer did not come from Express.
-const MAX_COOKIE_BYTES: usize = 4096;
-
-/// Signs `sid` as express-session does: `s:<sid>.<base64 HMAC-SHA256(secret, sid), unpadded>`.
-/// The cookie value is this string URL-encoded (`encodeURIComponent`).
-pub fn sign(sid: &str, secret: impl AsRef<[u8]>) -> String {
-    format!(
-        "s:{sid}.{}",
-        STANDARD_NO_PAD.encode(tag(sid, secret.as_ref()))
-    )
-}
-
-fn mac(secret: &[u8], sid: &str) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(sid.as_bytes());
-    mac
-}
-
-fn tag(sid: &str, secret: &[u8]) -> Vec<u8> {
-    mac(secret, sid).finalize().into_bytes().to_vec()
-}
-
-/// The raw (still URL-encoded) value of cookie `name` from every `Cookie` header, parsed as the
-/// `cookie` npm package does: pairs split at `;`, names and values trimmed, one pair of surrounding
-/// double quotes removed, and the first occurrence of a name wins.
-pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|header| header.to_str().ok())
-        .flat_map(|header| header.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            if key.trim_matches([' ', '\t']) != name {
-                return None;
-            }
-            let value = value.trim_matches([' ', '\t']);
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            Some(value.to_string())
-        })
-}
 
 /// Why a session cookie was refused. The messages never contain the cookie, the session id, the
 /// session's contents or a secret.
@@ -396,35 +347,6 @@ fn parse_secrets(raw: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
-}
-
-fn unsign(cookie_value: &str, secrets: &[Vec<u8>]) -> Result<String, SessionError> {
-    if cookie_value.len() > MAX_COOKIE_BYTES {
-        return Err(SessionError::Malformed);
-    }
-    let decoded = percent_decode_str(cookie_value)
-        .decode_utf8()
-        .map_err(|_| SessionError::Malformed)?;
-    let signed = decoded.strip_prefix("s:").ok_or(SessionError::Malformed)?;
-    let (sid, signature) = signed.rsplit_once('.').ok_or(SessionError::Malformed)?;
-    if sid.is_empty() {
-        return Err(SessionError::Malformed);
-    }
-    // Strict decoding (no padding, no stray trailing bits) keeps this equivalent to
-    // cookie-signature's comparison of the exact signature text.
-    let tag = STANDARD_NO_PAD
-        .decode(signature)
-        .map_err(|_| SessionError::BadSignature)?;
-    // Every secret is tried, without stopping at the first match, so timing does not tell which
-    // one (if any) matched.
-    let matched = secrets.iter().fold(false, |matched, secret| {
-        mac(secret, sid).verify_slice(&tag).is_ok() | matched
-    });
-    if matched {
-        Ok(sid.to_string())
-    } else {
-        Err(SessionError::BadSignature)
-    }
 }
 
 fn parse_sess(sess: &str) -> Result<Map<String, Value>, SessionError> {
