@@ -85,7 +85,7 @@ fn caller(live: &LiveConfig) -> Caller {
         session_id: None,
     };
     Caller {
-        identity: Some(identity),
+        identity: Some(std::sync::Arc::new(identity)),
         connection_id: Some("bench".into()),
         ip: Some("127.0.0.1".into()),
         connection: Some(handle),
@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         operations: Arc::new(OperationLimits::new(&config.operations, None)?),
         auth: Arc::new(Authenticator::new(
             Verifier::new(&config.auth.jwt, &secret)?,
-            true,
+            &config.auth,
             None,
         )),
         bus: bus.clone(),

@@ -159,7 +159,7 @@ async fn execute(state: AppState, peer: SocketAddr, request: Request) -> Respons
             Err(rejection) => return Error::BadUserInput(rejection.0.to_string()).into_response(),
         };
     let caller = Caller {
-        identity,
+        identity: identity.map(std::sync::Arc::new),
         connection_id: None,
         ip: Some(client.to_string()),
         connection: None,

@@ -78,6 +78,9 @@ pub struct Metrics {
     /// shared maximum to maintain or scan at scrape time, it sums across instances, and the
     /// buckets at and below `connections.send_queue_bytes` show how close queues come to it.
     pub send_queue_bytes: Histogram,
+    /// Bytes of claims held by live connections' identities (as JSON): one copy per connection,
+    /// however many operations share it, each at most `auth.max_claims_bytes`.
+    pub claims_bytes: IntGauge,
 }
 
 /// Prepended to every metric name at export.
@@ -315,6 +318,14 @@ impl Metrics {
                     )
                     // 1 KiB to 64 MiB, ×4 per bucket: the range of connections.send_queue_bytes.
                     .buckets(exponential_buckets(1024.0, 4.0, 9).expect("static buckets")),
+                )
+                .expect("static metric definition"),
+            ),
+            claims_bytes: register(
+                r,
+                IntGauge::new(
+                    "claims_bytes",
+                    "Bytes of claims held by live connections, one copy per connection",
                 )
                 .expect("static metric definition"),
             ),

@@ -139,7 +139,7 @@ impl Application {
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
         });
-        let auth = Arc::new(Authenticator::new(verifier, config.auth.required, sessions));
+        let auth = Arc::new(Authenticator::new(verifier, &config.auth, sessions));
         let operations = Arc::new(
             OperationLimits::new(
                 &config.operations,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -92,19 +93,32 @@ impl From<jsonwebtoken::errors::Error> for TokenError {
     }
 }
 
+/// A token that passed verification.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub claims: Map<String, Value>,
+    /// `exp`, read by the same parse that validated it, so the connection's deadline is the
+    /// instant validation checked against (fractional seconds included).
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Verifies tokens against the configured keys and claim rules.
 #[derive(Clone)]
 pub struct Verifier {
     keys: KeySet,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    leeway: TimeDelta,
 }
 
 impl Verifier {
     pub fn new(config: &JwtConfig, secret: &HmacSecret) -> anyhow::Result<Self> {
         // The algorithms are set per key by `KeySet::load`; only the claim rules are shared.
         let mut rules = Validation::new(Algorithm::HS256);
-        rules.leeway = config.leeway.get().as_secs();
-        rules.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
+        // `exp` and `nbf` are judged by `time_claim` instead: `jsonwebtoken` rounds fractional
+        // seconds, and a deadline read any other way than validation read it can drift from it.
+        rules.validate_exp = false;
+        rules.validate_nbf = false;
+        let mut required = vec!["sub"];
         // A configured issuer or audience must also be present: `jsonwebtoken` only compares them
         // when the token carries them.
         match &config.issuer {
@@ -124,13 +138,14 @@ impl Verifier {
         rules.set_required_spec_claims(&required);
         Ok(Self {
             keys: KeySet::load(config, secret, &rules)?,
+            leeway: TimeDelta::from_std(config.leeway.get()).context("auth.jwt.leeway")?,
         })
     }
 
     /// The token's claims when it is valid now. The header only ever selects among configured
     /// keys: `jku`, `x5u`, `x5c` and an embedded `jwk` are ignored, so a token can neither make
     /// the server fetch anything nor bring its own key.
-    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             if names_unknown_algorithm(token) {
                 TokenError::UnknownAlgorithm
@@ -148,10 +163,53 @@ impl Verifier {
         let data =
             jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &key.validation)?;
         match data.claims.get("sub").and_then(Value::as_str) {
-            Some(sub) if !sub.is_empty() => Ok(data.claims),
-            _ => Err(TokenError::EmptySubject),
+            Some(sub) if !sub.is_empty() => {}
+            _ => return Err(TokenError::EmptySubject),
         }
+        let now = Utc::now();
+        let expires_at = time_claim(&data.claims, "exp")?
+            .ok_or_else(|| refused(ErrorKind::MissingRequiredClaim("exp".into())))?;
+        if expires_at + self.leeway < now {
+            return Err(refused(ErrorKind::ExpiredSignature));
+        }
+        if time_claim(&data.claims, "nbf")?.is_some_and(|nbf| nbf > now + self.leeway) {
+            return Err(refused(ErrorKind::ImmatureSignature));
+        }
+        Ok(Verified {
+            claims: data.claims,
+            expires_at,
+        })
     }
+}
+
+fn refused(kind: ErrorKind) -> TokenError {
+    TokenError::Invalid(kind.into())
+}
+
+/// A NumericDate claim (RFC 7519: seconds since the epoch, fractions allowed) as an instant.
+/// Absent is `None`; anything but a finite number within chrono's range of dates is refused, so
+/// a token can neither dodge its deadline with a value that reads as none nor overflow it.
+fn time_claim(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<DateTime<Utc>>, TokenError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let malformed = || refused(ErrorKind::InvalidClaimFormat(name.into()));
+    let seconds = value
+        .as_f64()
+        .filter(|s| s.is_finite())
+        .ok_or_else(malformed)?;
+    let whole = seconds.floor();
+    // Outside this range the cast would saturate; chrono's own range is far narrower anyway.
+    if !(-9.0e15..=9.0e15).contains(&whole) {
+        return Err(malformed());
+    }
+    let nanos = (((seconds - whole) * 1e9).round() as u32).min(999_999_999);
+    DateTime::from_timestamp(whole as i64, nanos)
+        .map(Some)
+        .ok_or_else(malformed)
 }
 
 /// Whether the header names an algorithm `jsonwebtoken` does not implement. Such a header fails to

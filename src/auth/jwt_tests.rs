@@ -16,7 +16,8 @@ fn a_minted_token_verifies_and_carries_its_claims() {
     let claims = Verifier::new(&config, &secret())
         .unwrap()
         .verify(&token)
-        .unwrap();
+        .unwrap()
+        .claims;
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["roles"][0], "service");
 }
@@ -93,7 +94,11 @@ fn each_refusal_has_its_own_cause() {
         (json!({ "sub": null }), "missing_claim"),
         (json!({ "sub": "" }), "missing_claim"),
         (json!({ "sub": 42 }), "missing_claim"),
-        (json!({ "exp": "soon" }), "missing_claim"),
+        (json!({ "exp": "soon" }), "malformed"),
+        (json!({ "exp": [now() + 60] }), "malformed"),
+        (json!({ "exp": 1.0e300 }), "malformed"),
+        (json!({ "nbf": "now" }), "malformed"),
+        (json!({ "nbf": true }), "malformed"),
     ];
     for (extra, expected) in cases {
         let token = signed(&hs256, valid(extra.clone()));
@@ -168,4 +173,30 @@ fn the_message_names_the_cause_and_never_quotes_the_token() {
     assert_eq!(message, "token rejected: expired");
     let (_, message) = cause(&JwtConfig::default(), "eyJhbGciOiJIUzI1NiJ9.do-not-log.x");
     assert!(!message.contains("do-not-log"), "{message}");
+}
+
+#[test]
+fn a_fractional_exp_is_the_deadline_validation_checked() {
+    use chrono::{TimeZone, Utc};
+    let config = JwtConfig {
+        leeway: "0s".parse().unwrap(),
+        ..JwtConfig::default()
+    };
+    let verifier = Verifier::new(&config, &secret()).unwrap();
+    let exp = now() as f64 + 60.25;
+    let verified = verifier
+        .verify(&signed(
+            &Header::new(Algorithm::HS256),
+            serde_json::json!({ "sub": "a", "exp": exp }),
+        ))
+        .unwrap();
+    let expected = Utc.timestamp_opt(exp.floor() as i64, 250_000_000).unwrap();
+    assert_eq!(verified.expires_at, expected);
+    // Half a second past: expired, with no rounding to the nearest second.
+    let past = now() as f64 - 0.5;
+    let token = signed(
+        &Header::new(Algorithm::HS256),
+        serde_json::json!({ "sub": "a", "exp": past }),
+    );
+    assert_eq!(cause(&config, &token).0, "expired");
 }

@@ -1,6 +1,7 @@
 //! Who is on the other end: credentials presented at `connection_init` (or on an HTTP request)
 //! become an [`Identity`], or a refusal whose real cause goes to the audit trail only.
 
+mod cookie;
 pub mod jwt;
 pub mod keys;
 pub mod secret;
@@ -10,7 +11,7 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
 pub use jwt::Verifier;
-pub use session::SessionStore;
+pub use session::{SessionError, SessionStore};
 
 /// How a connection proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +32,9 @@ impl Method {
     }
 }
 
-/// An authenticated user, visible to resolvers through the request data.
-#[derive(Clone, Debug)]
+/// An authenticated user, visible to resolvers through the request data. A connection holds one
+/// behind an `Arc` that all its operations share.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Identity {
     pub user_id: String,
     /// The token's claims; for a session, the session's fields with `sub` set to the user.
@@ -42,6 +44,29 @@ pub struct Identity {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The session id, for re-validation and revocation. Never logged.
     pub session_id: Option<String>,
+}
+
+impl Identity {
+    /// The claims `me { claims }` shows: a token's are the client's own and shown whole; a
+    /// session's `sess` is the Express app's private state (a CSRF secret, say), so only `sub` and
+    /// the fields of `auth.session.expose_claims` are shown.
+    pub fn shown_claims(&self, expose: &[String]) -> Map<String, Value> {
+        match self.method {
+            Method::Session => self
+                .claims
+                .iter()
+                .filter(|(name, _)| *name == "sub" || expose.contains(name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+            Method::Jwt | Method::ApiKey => self.claims.clone(),
+        }
+    }
+
+    /// Whether `other` is granted exactly what this identity is: same user, method and claims.
+    /// Deadlines may differ.
+    pub fn grants_same(&self, other: &Identity) -> bool {
+        self.user_id == other.user_id && self.method == other.method && self.claims == other.claims
+    }
 }
 
 /// Why credentials were refused. Clients are told only "Forbidden".
@@ -55,6 +80,10 @@ pub enum AuthFailure {
     Session(#[from] session::SessionError),
     #[error("the session has no logged-in user")]
     AnonymousSession,
+    /// The token's claims are larger than `auth.max_claims_bytes`; refused before they are
+    /// decoded, so nothing holds them. (A session's are refused as [`SessionError::TooLarge`].)
+    #[error("the token's claims take {bytes} bytes, over the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl AuthFailure {
@@ -65,6 +94,16 @@ impl AuthFailure {
             AuthFailure::Token(error) => error.cause(),
             AuthFailure::Session(e) => e.cause(),
             AuthFailure::AnonymousSession => "anonymous_session",
+            AuthFailure::TooLarge { .. } => "claims_too_large",
+        }
+    }
+
+    /// The `auth.max_claims_bytes` the credentials exceeded, if that is why they were refused.
+    pub fn exceeded_limit(&self) -> Option<usize> {
+        match self {
+            AuthFailure::TooLarge { limit, .. }
+            | AuthFailure::Session(SessionError::TooLarge { limit, .. }) => Some(*limit),
+            _ => None,
         }
     }
 }
@@ -74,16 +113,24 @@ impl AuthFailure {
 pub struct Authenticator {
     verifier: Verifier,
     required: bool,
+    /// `auth.max_claims_bytes`.
+    max_claims_bytes: usize,
     /// Express session cookies; `None` when no cookie secrets are configured.
     sessions: Option<SessionStore>,
 }
 
 impl Authenticator {
-    pub fn new(verifier: Verifier, required: bool, sessions: Option<SessionStore>) -> Self {
+    pub fn new(
+        verifier: Verifier,
+        config: &crate::config::Auth,
+        sessions: Option<SessionStore>,
+    ) -> Self {
+        let max_claims_bytes = config.max_claims_bytes.bytes();
         Self {
             verifier,
-            required,
-            sessions,
+            required: config.required,
+            max_claims_bytes,
+            sessions: sessions.map(|store| store.limit_claims(max_claims_bytes)),
         }
     }
 
@@ -134,24 +181,35 @@ impl Authenticator {
 
     /// The identity a valid token carries (also used by `refreshAuth`).
     pub fn token(&self, token: &str) -> Result<Identity, AuthFailure> {
-        let claims = self.verifier.verify(token)?;
-        let user_id = claims
+        let bytes = payload_bytes(token);
+        if bytes > self.max_claims_bytes {
+            return Err(AuthFailure::TooLarge {
+                bytes,
+                limit: self.max_claims_bytes,
+            });
+        }
+        let verified = self.verifier.verify(token)?;
+        let user_id = verified
+            .claims
             .get("sub")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0));
         Ok(Identity {
             user_id,
-            claims,
+            claims: verified.claims,
             method: Method::Jwt,
-            expires_at,
+            expires_at: Some(verified.expires_at),
             session_id: None,
         })
     }
+}
+
+/// How many bytes a token's claims decode to, from the length of its payload segment alone, so an
+/// oversized token is refused before anything is decoded or verified.
+fn payload_bytes(token: &str) -> usize {
+    // Unpadded base64url carries 3 bytes in every 4 characters (exact for a well-formed segment).
+    token.split('.').nth(1).unwrap_or_default().len() * 3 / 4
 }
 
 fn token_from_payload(payload: &Value) -> Option<String> {

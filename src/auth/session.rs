@@ -11,9 +11,11 @@
 //! `auth.session.table`. `expire` has no time zone and is UTC. A row that is missing or whose
 //! `expire` is in the past is refused. The user is the string or number at `auth.session.user_pointer`
 //! (default `/passport/user`) inside `sess`; with nothing there the session is anonymous (passport
-//! removes the user on logout), and the caller decides whether that is acceptable.
+//! removes the user on logout), and the caller decides whether that is acceptable. A `sess` larger
+//! than `auth.max_claims_bytes` is refused before it is parsed.
 //!
-//! Live connections re-check their session with [`SessionStore::recheck`] and slide it forward with
+//! Live connections re-check their session with [`SessionStore::recheck`], whose `sess` replaces
+//! the connection's claims, and slide it forward with
 //! [`SessionStore::extend`], which writes only `expire`, exactly as express-session's `touch` through
 //! connect-pg-simple does: now + `sess.cookie.originalMaxAge` (ms), or connect-pg-simple's default
 //! of one day when the cookie has no max age.
@@ -25,70 +27,19 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use axum::http::header::COOKIE;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeDelta, Utc};
-use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
-use sha2::Sha256;
 use sqlx::AssertSqlSafe;
 
+use super::cookie::unsign;
+pub use super::cookie::{cookie_value, sign};
 use super::{Identity, Method};
 use crate::config::Session as SessionConfig;
 use crate::db::Database;
 use crate::on_pool;
 
-type HmacSha256 = Hmac<Sha256>;
-
 /// connect-pg-simple's `ttl` when the session cookie has no max age (a browser-session cookie).
 pub const DEFAULT_TTL: TimeDelta = TimeDelta::seconds(86_400);
-
-/// Browsers keep at most 4096 bytes per cookie; anything longer did not come from Express.
-const MAX_COOKIE_BYTES: usize = 4096;
-
-/// Signs `sid` as express-session does: `s:<sid>.<base64 HMAC-SHA256(secret, sid), unpadded>`.
-/// The cookie value is this string URL-encoded (`encodeURIComponent`).
-pub fn sign(sid: &str, secret: impl AsRef<[u8]>) -> String {
-    format!(
-        "s:{sid}.{}",
-        STANDARD_NO_PAD.encode(tag(sid, secret.as_ref()))
-    )
-}
-
-fn mac(secret: &[u8], sid: &str) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(sid.as_bytes());
-    mac
-}
-
-fn tag(sid: &str, secret: &[u8]) -> Vec<u8> {
-    mac(secret, sid).finalize().into_bytes().to_vec()
-}
-
-/// The raw (still URL-encoded) value of cookie `name` from every `Cookie` header, parsed as the
-/// `cookie` npm package does: pairs split at `;`, names and values trimmed, one pair of surrounding
-/// double quotes removed, and the first occurrence of a name wins.
-pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|header| header.to_str().ok())
-        .flat_map(|header| header.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            if key.trim_matches([' ', '\t']) != name {
-                return None;
-            }
-            let value = value.trim_matches([' ', '\t']);
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            Some(value.to_string())
-        })
-}
 
 /// Why a session cookie was refused. The messages never contain the cookie, the session id, the
 /// session's contents or a secret.
@@ -109,6 +60,9 @@ pub enum SessionError {
     /// The row exists but `sess` is not a JSON object, or its lifetime is out of range.
     #[error("session row is corrupt")]
     Corrupt,
+    /// `sess` is larger than `auth.max_claims_bytes`; refused before it is parsed.
+    #[error("the session takes {bytes} bytes, over the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
     /// The session table could not be read or written.
     #[error("session store query failed: {0}")]
     Database(#[source] sqlx::Error),
@@ -123,13 +77,15 @@ impl SessionError {
             SessionError::Missing => "session_missing",
             SessionError::Expired => "session_expired",
             SessionError::Corrupt => "session_corrupt",
+            SessionError::TooLarge { .. } => "claims_too_large",
             SessionError::Database(_) => "database",
         }
     }
 }
 
-/// A live session row, as found by [`SessionStore::authenticate`] or [`SessionStore::lookup`].
-#[derive(Clone)]
+/// A live session row, as found by [`SessionStore::authenticate`], [`SessionStore::lookup`] or
+/// [`SessionStore::recheck`].
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     /// The session id (the cookie's unsigned value). Never logged.
     pub sid: String,
@@ -177,12 +133,9 @@ impl Session {
 /// What a re-check of a live connection's session found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// Still valid. The caller compares `user_id` with the connection's user.
-    Active {
-        user_id: String,
-        expire: DateTime<Utc>,
-        lifetime: TimeDelta,
-    },
+    /// Still valid, with a user: the row as it is now, whose `sess` replaces the connection's
+    /// claims. The caller compares its user with the connection's.
+    Active(Session),
     /// The row is gone: the user logged out (`req.session.destroy()`) or it was pruned.
     Missing,
     /// The row's `expire` is in the past.
@@ -195,7 +148,7 @@ impl Status {
     /// A short, low-cardinality cause for metrics, audit rows and close reasons.
     pub fn cause(&self) -> &'static str {
         match self {
-            Status::Active { .. } => "active",
+            Status::Active(_) => "active",
             Status::Missing => "session_missing",
             Status::Expired => "session_expired",
             Status::LoggedOut => "session_logged_out",
@@ -210,6 +163,8 @@ pub struct SessionStore {
     secrets: Arc<[Vec<u8>]>,
     cookie_name: String,
     user_pointer: String,
+    /// `auth.max_claims_bytes`: the largest `sess` read.
+    max_sess_bytes: usize,
     select_sql: Arc<str>,
     touch_sql: Arc<str>,
 }
@@ -255,10 +210,17 @@ impl SessionStore {
             secrets: secrets.into_iter().map(|s| s.as_ref().to_vec()).collect(),
             cookie_name: config.cookie_name.clone(),
             user_pointer: config.user_pointer.clone(),
+            max_sess_bytes: crate::config::Auth::default().max_claims_bytes.bytes(),
             select_sql: format!("SELECT CAST(sess AS TEXT), expire FROM {table} WHERE sid = $1")
                 .into(),
             touch_sql: format!("UPDATE {table} SET expire = $1 WHERE sid = $2").into(),
         }
+    }
+
+    /// Refuses sessions whose `sess` takes more than `bytes` (`auth.max_claims_bytes`).
+    pub fn limit_claims(mut self, bytes: usize) -> Self {
+        self.max_sess_bytes = bytes;
+        self
     }
 
     pub fn cookie_name(&self) -> &str {
@@ -296,17 +258,11 @@ impl SessionStore {
         if expire < Utc::now() {
             return Err(SessionError::Expired);
         }
-        let data = parse_sess(&sess)?;
-        Ok(Session {
-            sid: sid.to_string(),
-            user_id: user_id(&data, &self.user_pointer),
-            expire,
-            lifetime: lifetime(&data),
-            data,
-        })
+        self.read(sid, &sess, expire)
     }
 
-    /// Re-checks a live connection's session. Only a failed query (or a corrupt row) is an error.
+    /// Re-checks a live connection's session. Only a failed query, a corrupt row or a `sess` over
+    /// the size limit is an error.
     #[tracing::instrument(skip_all)]
     pub async fn recheck(&self, sid: &str) -> Result<Status, SessionError> {
         let Some((sess, expire)) = self.fetch(sid).await? else {
@@ -316,19 +272,33 @@ impl SessionStore {
         if expire < Utc::now() {
             return Ok(Status::Expired);
         }
-        let data = parse_sess(&sess)?;
-        Ok(match user_id(&data, &self.user_pointer) {
-            Some(user_id) => Status::Active {
-                user_id,
-                expire,
-                lifetime: lifetime(&data),
-            },
+        let session = self.read(sid, &sess, expire)?;
+        Ok(match session.user_id {
+            Some(_) => Status::Active(session),
             None => Status::LoggedOut,
         })
     }
 
+    /// A live row as a [`Session`]; its size is checked before it is parsed.
+    fn read(&self, sid: &str, sess: &str, expire: DateTime<Utc>) -> Result<Session, SessionError> {
+        if sess.len() > self.max_sess_bytes {
+            return Err(SessionError::TooLarge {
+                bytes: sess.len(),
+                limit: self.max_sess_bytes,
+            });
+        }
+        let data = parse_sess(sess)?;
+        Ok(Session {
+            sid: sid.to_string(),
+            user_id: user_id(&data, &self.user_pointer),
+            expire,
+            lifetime: lifetime(&data),
+            data,
+        })
+    }
+
     /// Slides a live session forward as express-session's `touch` through connect-pg-simple does:
-    /// `expire` becomes now + `lifetime` ([`Session::lifetime`], [`Status::Active`]'s `lifetime`)
+    /// `expire` becomes now + `lifetime` ([`Session::lifetime`])
     /// and nothing else changes. Returns the new `expire` (whole microseconds, as stored).
     /// `Missing` when the row is gone. Call it only for a session just found live: like
     /// connect-pg-simple, it does not check whether the row has expired meanwhile.
@@ -377,35 +347,6 @@ fn parse_secrets(raw: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
-}
-
-fn unsign(cookie_value: &str, secrets: &[Vec<u8>]) -> Result<String, SessionError> {
-    if cookie_value.len() > MAX_COOKIE_BYTES {
-        return Err(SessionError::Malformed);
-    }
-    let decoded = percent_decode_str(cookie_value)
-        .decode_utf8()
-        .map_err(|_| SessionError::Malformed)?;
-    let signed = decoded.strip_prefix("s:").ok_or(SessionError::Malformed)?;
-    let (sid, signature) = signed.rsplit_once('.').ok_or(SessionError::Malformed)?;
-    if sid.is_empty() {
-        return Err(SessionError::Malformed);
-    }
-    // Strict decoding (no padding, no stray trailing bits) keeps this equivalent to
-    // cookie-signature's comparison of the exact signature text.
-    let tag = STANDARD_NO_PAD
-        .decode(signature)
-        .map_err(|_| SessionError::BadSignature)?;
-    // Every secret is tried, without stopping at the first match, so timing does not tell which
-    // one (if any) matched.
-    let matched = secrets.iter().fold(false, |matched, secret| {
-        mac(secret, sid).verify_slice(&tag).is_ok() | matched
-    });
-    if matched {
-        Ok(sid.to_string())
-    } else {
-        Err(SessionError::BadSignature)
-    }
 }
 
 fn parse_sess(sess: &str) -> Result<Map<String, Value>, SessionError> {

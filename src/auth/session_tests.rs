@@ -1,8 +1,10 @@
 //! Tests of `session`.
 use axum::http::HeaderValue;
+use axum::http::header::COOKIE;
 use serde_json::json;
 
 use super::*;
+use crate::auth::cookie::MAX_COOKIE_BYTES;
 
 const SID: &str = "2h9xBtQfOq7Sx3oWcG3nT_9hS1wP0b2K";
 const SIGNED: &str =

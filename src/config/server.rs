@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::units::Duration;
+use super::units::{ByteSize, Duration};
 
 /// Where Palisade listens and how it shuts down.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
@@ -134,6 +134,13 @@ pub struct Auth {
     /// then act as anyone, so `check-config` refuses it together with `server.tls` or
     /// `server.admin_listen` (a configuration that looks like production).
     pub dev_login: bool,
+    /// Largest claim set a connection or request may authenticate with: a token's decoded payload,
+    /// or a session's `sess` as stored. Default `16KiB`, from `1KiB` to `1MiB`. Larger credentials
+    /// are refused before they are parsed (close 4400 `Credentials too large` at
+    /// `connection_init`, `UNAUTHENTICATED` over HTTP), and a session that grows past it closes
+    /// its connections at the next re-check. Read at startup.
+    #[validate(range(min = ByteSize::kib(1), max = ByteSize::mib(1)))]
+    pub max_claims_bytes: ByteSize,
 }
 
 impl Default for Auth {
@@ -148,6 +155,7 @@ impl Default for Auth {
             session: Session::default(),
             publish_key_env: "PALISADE_PUBLISH_KEY".into(),
             dev_login: false,
+            max_claims_bytes: ByteSize::kib(16),
         }
     }
 }
@@ -238,6 +246,12 @@ pub struct Session {
     /// Default `5m`.
     #[validate(range(max = Duration::days(30)))]
     pub refresh_within: Duration,
+    /// Top-level fields of the session's `sess` object that `me { claims }` shows to a session
+    /// connection, besides `sub` (the user id). Default `[]`: nothing else, because `sess` is the
+    /// Express app's own state and may hold secrets (a CSRF secret, say). At most 64 names. Topic
+    /// rules still see every field. Token connections always see their token's claims.
+    #[validate(length(max = 64))]
+    pub expose_claims: Vec<String>,
 }
 
 impl Default for Session {
@@ -249,6 +263,7 @@ impl Default for Session {
             user_pointer: "/passport/user".into(),
             revalidate_every: Duration::secs(300),
             refresh_within: Duration::secs(300),
+            expose_claims: Vec::new(),
         }
     }
 }

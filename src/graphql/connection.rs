@@ -131,7 +131,10 @@ pub struct ConnectionMutation;
 #[Object]
 impl ConnectionMutation {
     /// Swaps in a new token for the same user on this connection, keeping its subscriptions and
-    /// moving its expiry. Over WebSocket only.
+    /// moving its expiry. Over WebSocket only. The connection then is a plain token connection,
+    /// even if it opened with a session cookie: it closes at the new token's `exp`, and its session
+    /// is no longer re-checked. Running subscriptions are checked against the topic rules under the
+    /// new token's claims; one whose grant is gone ends with a FORBIDDEN `error`.
     async fn refresh_auth(
         &self,
         ctx: &Context<'_>,
@@ -147,7 +150,7 @@ impl ConnectionMutation {
             return Err(Error::Forbidden("the new token belongs to another user".into()).extend());
         }
         let expires_at = identity.expires_at;
-        if !handle.send(Control::Refresh(identity)) {
+        if !handle.send(Control::Refresh(Arc::new(identity))) {
             return Err(Error::Internal(anyhow::anyhow!(
                 "the connection did not take the refresh"
             ))

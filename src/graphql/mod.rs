@@ -3,6 +3,7 @@
 
 mod chat;
 mod connection;
+mod grant;
 mod observe;
 mod presence;
 mod types;
@@ -25,6 +26,7 @@ use crate::presence::Presence;
 use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
 
+pub use grant::Ending;
 pub use types::Query;
 
 use async_graphql::{MergedObject, MergedSubscription};
@@ -55,7 +57,8 @@ pub struct Instance {
 /// Attached to each operation: who sent it, from where, and on which connection.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
-    pub identity: Option<Identity>,
+    /// Shared by every operation of a connection, however large its claims.
+    pub identity: Option<Arc<Identity>>,
     /// The WebSocket connection id; `None` for HTTP requests.
     pub connection_id: Option<String>,
     pub ip: Option<String>,
@@ -89,40 +92,77 @@ async fn decide(
     action: Action,
     raw_kind: Option<&str>,
 ) -> async_graphql::Result<bool> {
-    let config = ctx.data_unchecked::<LiveConfig>().load();
-    crate::bus::check_topic(topic, config.payload.max_topic_bytes)
-        .map_err(|violation| Error::Limit(violation).extend())?;
-    let db = ctx.data_unchecked::<Database>();
-    let caller = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
-    let identity = caller.identity.as_ref();
-    let decision = match raw_kind {
-        Some(kind) => topics::check_raw_publish(&config.topics, db, identity, topic, kind).await,
-        None => topics::check(&config.topics, db, identity, topic, action).await,
-    };
-    match decision.map_err(|e| Error::Internal(e).extend())? {
-        Decision::Allowed { system } => Ok(system),
-        Decision::Denied(reason) => {
-            ctx.data_unchecked::<Audit>().record(Entry::topic_denied(
-                caller.identity.map(|i| i.user_id),
-                caller.connection_id,
-                caller.ip,
-                topic,
-                action,
-                reason,
-            ));
-            let verb = match (action, raw_kind) {
-                (Action::Subscribe, _) => "subscribe to",
-                (Action::Publish, None) => "publish on",
-                (Action::Publish, Some(_)) => "publish this event type on",
-            };
-            Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
+    let identity = ctx.data_opt::<Caller>().and_then(|c| c.identity.as_deref());
+    Gate::of(ctx).check(identity, topic, action, raw_kind).await
+}
+
+/// What a topic check needs, taken from an operation's context so that a running subscription can
+/// check again when its connection's identity changes.
+#[derive(Clone)]
+struct Gate {
+    live: LiveConfig,
+    db: Database,
+    audit: Audit,
+    connection_id: Option<String>,
+    ip: Option<String>,
+}
+
+impl Gate {
+    fn of(ctx: &Context<'_>) -> Self {
+        let caller = ctx.data_opt::<Caller>();
+        Self {
+            live: ctx.data_unchecked::<LiveConfig>().clone(),
+            db: ctx.data_unchecked::<Database>().clone(),
+            audit: ctx.data_unchecked::<Audit>().clone(),
+            connection_id: caller.and_then(|c| c.connection_id.clone()),
+            ip: caller.and_then(|c| c.ip.clone()),
+        }
+    }
+
+    /// The rules in force now (a reload applies to the next check) decide for `identity`; with
+    /// `raw_kind`, the event type of a raw publish is checked too.
+    async fn check(
+        &self,
+        identity: Option<&Identity>,
+        topic: &str,
+        action: Action,
+        raw_kind: Option<&str>,
+    ) -> async_graphql::Result<bool> {
+        let config = self.live.load();
+        crate::bus::check_topic(topic, config.payload.max_topic_bytes)
+            .map_err(|violation| Error::Limit(violation).extend())?;
+        let decision = match raw_kind {
+            Some(kind) => {
+                topics::check_raw_publish(&config.topics, &self.db, identity, topic, kind).await
+            }
+            None => topics::check(&config.topics, &self.db, identity, topic, action).await,
+        };
+        match decision.map_err(|e| Error::Internal(e).extend())? {
+            Decision::Allowed { system } => Ok(system),
+            Decision::Denied(reason) => {
+                self.audit.record(Entry::topic_denied(
+                    identity.map(|i| i.user_id.clone()),
+                    self.connection_id.clone(),
+                    self.ip.clone(),
+                    topic,
+                    action,
+                    reason,
+                ));
+                let verb = match (action, raw_kind) {
+                    (Action::Subscribe, _) => "subscribe to",
+                    (Action::Publish, None) => "publish on",
+                    (Action::Publish, Some(_)) => "publish this event type on",
+                };
+                Err(Error::Forbidden(format!("not allowed to {verb} this topic")).extend())
+            }
         }
     }
 }
 
 /// Subscribes the caller to `topic` after checking its `subscribe` grant: events after `after`
 /// (an event id) are replayed first, and the connection is present on the topic while the
-/// returned stream runs. Shared by every subscription that follows a topic.
+/// returned stream runs. The stream ends, with a FORBIDDEN `error`, when the connection's new
+/// credentials no longer have the grant. Shared by every subscription that follows a topic.
 pub async fn follow(
     ctx: &Context<'_>,
     topic: &str,
@@ -152,10 +192,8 @@ pub async fn follow(
             BusError::Unavailable(_) => Error::BusUnavailable(e.into()).extend(),
         })?;
     drop(replaying);
-    Ok(presence::held(
-        deliveries,
-        presence::enter(ctx, topic).await,
-    ))
+    let present = presence::held(deliveries, presence::enter(ctx, topic).await);
+    Ok(grant::while_granted(ctx, topic, present))
 }
 
 /// What resolvers reach through the schema data.

@@ -176,6 +176,7 @@ impl PresenceSubscription {
             .await
             .map_err(|e| Error::BusUnavailable(e.into()).extend())?;
         let present = enter(ctx, &topic).await;
+        let checked_topic = topic.clone();
         let mut follow = Follow {
             presence: ctx.data_unchecked::<Arc<Presence>>().clone(),
             topic,
@@ -185,6 +186,7 @@ impl PresenceSubscription {
             _present: present,
         };
         follow.resync().await;
-        Ok(futures_util::stream::unfold(follow, Follow::next))
+        let events = futures_util::stream::unfold(follow, Follow::next);
+        Ok(super::grant::while_granted(ctx, &checked_topic, events))
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::presence::{self, PresenceEntry};
 use super::{Caller, Instance, authorize_raw_publish, follow};
 use crate::bus::{Bus, Delivery, Event as BusEvent, EventId};
+use crate::config::LiveConfig;
 use crate::error::Error;
 use crate::topics::GAP;
 
@@ -32,9 +33,11 @@ impl Query {
     /// The authenticated caller, or null when anonymous.
     async fn me(&self, ctx: &Context<'_>) -> Option<Me> {
         let identity = ctx.data_opt::<Caller>()?.identity.as_ref()?;
+        let config = ctx.data_unchecked::<LiveConfig>().load();
+        let claims = identity.shown_claims(&config.auth.session.expose_claims);
         Some(Me {
             id: ID(identity.user_id.clone()),
-            claims: Json(Value::Object(identity.claims.clone())),
+            claims: Json(Value::Object(claims)),
         })
     }
 
@@ -62,7 +65,8 @@ pub struct ServerInfo {
 pub struct Me {
     /// The token subject.
     id: ID,
-    /// Every claim of the token.
+    /// Every claim of the token; for a session, `sub` and the fields of
+    /// `auth.session.expose_claims`.
     claims: Json<Value>,
 }
 

@@ -1,6 +1,7 @@
 //! One WebSocket connection, from the upgrade to its log row: the loop that multiplexes client
 //! messages, keepalive, credential deadlines, control messages and the close.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::http::{ClientMessage, WebSocketProtocols as Protocols};
@@ -139,7 +140,8 @@ pub(super) struct Connection {
     /// How resolvers and the registry reach this connection.
     pub(super) handle: ConnectionHandle,
     /// Set by a successful `connection_init`; `Some(None)` is an accepted anonymous connection.
-    pub(super) identity: Option<Option<Identity>>,
+    /// Its operations share it; `reauthenticate` replaces it.
+    pub(super) identity: Option<Option<Arc<Identity>>>,
     /// This connection's share of `connections.max_per_user`, once authenticated.
     pub(super) user_slot: Option<UserSlot>,
     pub(super) lifetime: Lifetime,
@@ -307,16 +309,7 @@ impl Connection {
                 self.close_at
                     .get_or_insert((Instant::now() + NOTICE_GRACE, close));
             }
-            Control::Refresh(identity) => {
-                self.lifetime = Lifetime::of(&identity, &self.state.config);
-                self.audit(
-                    "socket.refreshed",
-                    Severity::Info,
-                    Some(identity.user_id.clone()),
-                    serde_json::json!({}),
-                );
-                self.identity = Some(Some(identity));
-            }
+            Control::Refresh(identity) => self.refresh(identity),
         }
     }
 

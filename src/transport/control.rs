@@ -3,7 +3,7 @@
 
 use async_graphql::Enum;
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::protocol::Close;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub enum Control {
     /// Close after a short grace, so what was just sent (a final warning) is delivered first.
     CloseSoon(Close),
     /// Credentials refreshed over the same connection (same subject).
-    Refresh(Identity),
+    Refresh(Arc<Identity>),
 }
 
 /// A cheap handle to one connection, held by the registry and by the connection's operations.
@@ -74,6 +74,10 @@ pub struct ConnectionHandle {
     pub budget: Arc<Budget>,
     control: mpsc::Sender<Control>,
     notices: broadcast::Sender<Notice>,
+    /// Who the connection is authenticated as now (`None` before `connection_init` and when
+    /// anonymous). The connection replaces it on `refreshAuth` and on a session re-check that finds
+    /// other claims; every subscription that follows a topic watches it and re-checks its grant.
+    identity: watch::Sender<Option<Arc<Identity>>>,
 }
 
 impl ConnectionHandle {
@@ -82,12 +86,14 @@ impl ConnectionHandle {
         let (control, rx) = mpsc::channel(CONTROL_QUEUE);
         let budget = Arc::new(Budget::new(live));
         let notices = broadcast::channel(NOTICE_BUFFER).0;
+        let identity = watch::Sender::new(None);
         (
             Self {
                 id,
                 budget,
                 control,
                 notices,
+                identity,
             },
             rx,
         )
@@ -106,6 +112,26 @@ impl ConnectionHandle {
     pub fn notices(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }
+
+    /// Follows who the connection is authenticated as.
+    pub fn identity(&self) -> watch::Receiver<Option<Arc<Identity>>> {
+        self.identity.subscribe()
+    }
+
+    /// Makes `identity` the connection's. Watchers are woken only when it grants something else
+    /// (another user, method or claims), so a session re-check that finds the same `sess` costs the
+    /// running subscriptions nothing.
+    pub fn set_identity(&self, identity: Option<Arc<Identity>>) {
+        self.identity.send_if_modified(|current| {
+            let same = match (current.as_deref(), identity.as_deref()) {
+                (Some(old), Some(new)) => old.grants_same(new),
+                (None, None) => true,
+                _ => false,
+            };
+            *current = identity;
+            !same
+        });
+    }
 }
 
 impl std::fmt::Debug for Control {
@@ -116,5 +142,41 @@ impl std::fmt::Debug for Control {
             }
             Control::Refresh(_) => write!(f, "Refresh"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Method;
+
+    fn identity(claims: serde_json::Value) -> Option<Arc<Identity>> {
+        Some(Arc::new(Identity {
+            user_id: "alice".into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            method: Method::Session,
+            expires_at: None,
+            session_id: Some("sid".into()),
+        }))
+    }
+
+    #[test]
+    fn identity_watchers_wake_only_when_the_grants_change() {
+        let (handle, _control) = ConnectionHandle::new("c".into(), Default::default());
+        let mut watcher = handle.identity();
+        handle.set_identity(identity(serde_json::json!({ "workspaces": ["acme"] })));
+        assert!(watcher.has_changed().unwrap());
+        watcher.borrow_and_update();
+
+        // The same sess read again: nothing for subscriptions to re-check.
+        handle.set_identity(identity(serde_json::json!({ "workspaces": ["acme"] })));
+        assert!(!watcher.has_changed().unwrap());
+
+        handle.set_identity(identity(serde_json::json!({ "workspaces": [] })));
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(
+            watcher.borrow_and_update().as_ref().unwrap().claims["workspaces"],
+            serde_json::json!([])
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! `connection_init`: authenticate, admit the user under the connection limits, then acknowledge.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
@@ -11,6 +13,7 @@ use super::lifetime::Lifetime;
 use super::protocol::{self, Close, code};
 use crate::audit::Severity;
 use crate::auth::session::Status;
+use crate::auth::{Identity, SessionError};
 use crate::connlog;
 use crate::registry::Refusal;
 
@@ -32,7 +35,7 @@ impl Connection {
             )
             .await;
         let identity = match authenticated {
-            Ok(identity) => identity,
+            Ok(identity) => identity.map(Arc::new),
             Err(failure) => {
                 tracing::warn!(parent: &self.span, cause = failure.cause(), "authentication failed");
                 self.state
@@ -52,13 +55,19 @@ impl Connection {
                     }),
                 );
                 super::count(&self.state, "auth_failed");
+                // The same reason whatever the cause, so an attacker learns nothing; except for
+                // credentials too large, which only their holder made so and which retrying
+                // cannot fix (graphql-ws clients do not retry 4400).
+                let close = match failure.exceeded_limit() {
+                    Some(limit) => too_large(limit),
+                    None => Close::new(code::FORBIDDEN, "Forbidden"),
+                };
                 if self.protocol
                     == async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS
                 {
-                    self.outbox.text(protocol::connection_error("Forbidden"));
+                    self.outbox.text(protocol::connection_error(&close.reason));
                 }
-                // The same reason whatever the cause: an attacker learns nothing.
-                return self.outbox.close(Close::new(code::FORBIDDEN, "Forbidden"));
+                return self.outbox.close(close);
             }
         };
         if let Some(identity) = &identity {
@@ -111,7 +120,11 @@ impl Connection {
             {
                 tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
             }
-            self.lifetime = Lifetime::of(identity, &self.state.config);
+            self.lifetime = Lifetime::of(
+                identity,
+                &self.state.config,
+                &self.state.metrics.claims_bytes,
+            );
         }
         let method = identity.as_ref().map_or("anonymous", |i| i.method.as_str());
         self.audit(
@@ -121,14 +134,49 @@ impl Connection {
             json!({ "method": method }),
         );
         super::count(&self.state, "accepted");
+        self.handle.set_identity(identity.clone());
         self.identity = Some(identity);
         self.outbox.text(protocol::connection_ack());
     }
 
-    /// Re-checks a session connection's session: a logged-out or expired session gets
-    /// `SESSION_EXPIRED` and a 4403 close; a live one close to its expiry is extended by its original
-    /// lifetime, as the Express app does for an active user. A database error keeps the connection:
-    /// the next check decides.
+    /// `refreshAuth` with a valid token of the same user. The connection becomes a plain JWT
+    /// connection whatever it was: it closes at the new token's `exp` (+ leeway), and a session
+    /// connection stops being re-checked against its session row, since the token alone now
+    /// vouches for it. The registry still knows the session it opened with, so revoking that
+    /// session closes it all the same.
+    pub(super) fn refresh(&mut self, identity: Arc<Identity>) {
+        let from = self
+            .identity
+            .as_ref()
+            .and_then(|i| i.as_ref())
+            .map_or("anonymous", |i| i.method.as_str());
+        self.audit(
+            "socket.refreshed",
+            Severity::Info,
+            Some(identity.user_id.clone()),
+            json!({ "from": from, "to": identity.method.as_str() }),
+        );
+        self.reauthenticate(identity);
+    }
+
+    /// Makes `identity` the connection's: its deadlines follow it, operations started from now on
+    /// see it, and running subscriptions check their topic grants again (see the handle's
+    /// identity watch), ending with FORBIDDEN where a grant is gone.
+    fn reauthenticate(&mut self, identity: Arc<Identity>) {
+        self.lifetime = Lifetime::of(
+            &identity,
+            &self.state.config,
+            &self.state.metrics.claims_bytes,
+        );
+        self.handle.set_identity(Some(identity.clone()));
+        self.identity = Some(Some(identity));
+    }
+
+    /// Re-checks a session connection's session. A live one replaces the connection's claims with
+    /// what `sess` holds now (running subscriptions whose grant is gone end with FORBIDDEN), and is
+    /// extended by its original lifetime when close to its expiry, as the Express app does for an
+    /// active user. A logged-out, expired, corrupt or oversized session, or one now of another
+    /// user, closes the connection. A database error keeps it: the next check decides.
     pub(super) async fn recheck_session(&mut self) {
         let Some(Some(identity)) = &self.identity else {
             return;
@@ -138,43 +186,56 @@ impl Connection {
             return;
         };
         let user = identity.user_id.clone();
-        match store.recheck(&sid).await {
-            Ok(Status::Active {
-                user_id,
-                expire,
-                lifetime,
-            }) if user_id == user => {
+        let expired = || Close::new(code::FORBIDDEN, "Session expired");
+        let (cause, close) = match store.recheck(&sid).await {
+            Ok(Status::Active(mut session)) if session.user_id.as_ref() == Some(&user) => {
                 let refresh_within = self.state.config.auth.session.refresh_within.get();
-                let due = (expire - Utc::now()).to_std().unwrap_or_default() < refresh_within;
-                if due && let Err(error) = store.extend(&sid, lifetime).await {
-                    tracing::warn!(parent: &self.span, cause = error.cause(), "could not extend the session");
+                let left = (session.expire - Utc::now()).to_std().unwrap_or_default();
+                if left < refresh_within {
+                    match store.extend(&sid, session.lifetime).await {
+                        Ok(expire) => session.expire = expire,
+                        Err(error) => {
+                            tracing::warn!(parent: &self.span, cause = error.cause(), "could not extend the session")
+                        }
+                    }
                 }
+                if let Some(identity) = session.identity() {
+                    self.reauthenticate(Arc::new(identity));
+                }
+                return;
             }
-            Ok(status) => {
-                let cause = match status {
-                    Status::Active { .. } => "user_changed",
-                    other => other.cause(),
-                };
-                tracing::info!(parent: &self.span, cause, "session ended; closing");
-                self.audit(
-                    "socket.session_expired",
-                    Severity::Info,
-                    Some(user),
-                    json!({ "cause": cause }),
-                );
-                self.control(Control::Close {
-                    notice: Some(Notice::new(
-                        NoticeKind::SessionExpired,
-                        "The session ended (logged out or expired)",
-                    )),
-                    close: Close::new(code::FORBIDDEN, "Session expired"),
-                });
+            Ok(Status::Active(_)) => ("user_changed", expired()),
+            Ok(status) => (status.cause(), expired()),
+            Err(SessionError::Database(_)) => {
+                tracing::warn!(parent: &self.span, cause = "database", "could not re-check the session");
+                return;
             }
-            Err(error) => {
-                tracing::warn!(parent: &self.span, cause = error.cause(), "could not re-check the session")
-            }
-        }
+            Err(SessionError::TooLarge { limit, .. }) => ("claims_too_large", too_large(limit)),
+            Err(error) => (error.cause(), expired()),
+        };
+        tracing::info!(parent: &self.span, cause, "session ended; closing");
+        self.audit(
+            "socket.session_expired",
+            Severity::Info,
+            Some(user),
+            json!({ "cause": cause }),
+        );
+        self.control(Control::Close {
+            notice: Some(Notice::new(
+                NoticeKind::SessionExpired,
+                "The session ended (logged out or expired)",
+            )),
+            close,
+        });
     }
+}
+
+/// The close for credentials over `auth.max_claims_bytes`.
+fn too_large(limit: usize) -> Close {
+    Close::new(
+        code::BAD_REQUEST,
+        format!("Credentials too large (limit {limit} bytes)"),
+    )
 }
 
 /// Upgrade headers safe to keep in the audit trail: credentials and anything that looks like one

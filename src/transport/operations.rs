@@ -10,7 +10,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 
 use super::outbox::Outbox;
 use super::protocol::{self, Close, code};
-use crate::graphql::AppSchema;
+use crate::graphql::{AppSchema, Ending};
 
 /// Why an operation was not started.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,6 +112,8 @@ impl Operations {
 
 /// Runs until the operation's results are exhausted, the outbox refuses (the connection is
 /// closing), or the table aborts the task. Returns its id and generation to free the right slot.
+/// A subscription that ended because of an error it recorded in its [`Ending`] (its grant is
+/// gone) ends with that `error` instead of `complete`.
 async fn run(
     schema: AppSchema,
     request: Request,
@@ -120,7 +122,8 @@ async fn run(
     generation: u64,
     outbox: Outbox,
 ) -> (String, u64) {
-    let mut responses = schema.execute_stream(request);
+    let ending = Ending::default();
+    let mut responses = schema.execute_stream(request.data(ending.clone()));
     let mut first = true;
     while let Some(response) = responses.next().await {
         // A first result with errors and no data means the operation never ran (parse,
@@ -134,7 +137,10 @@ async fn run(
             return (id, generation);
         }
     }
-    outbox.text(protocol::complete(&id));
+    match ending.take() {
+        Some(error) => outbox.text(protocol::error(protocol, &id, &[error])),
+        None => outbox.text(protocol::complete(&id)),
+    };
     (id, generation)
 }
 

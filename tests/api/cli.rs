@@ -133,7 +133,7 @@ fn token_mints_a_jwt_with_the_given_subject_claims_and_ttl() {
         development: false,
     };
     let verifier = palisade::auth::Verifier::new(&Default::default(), &secret).unwrap();
-    let claims = verifier.verify(stdout.trim()).unwrap();
+    let claims = verifier.verify(stdout.trim()).unwrap().claims;
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["roles"], serde_json::json!(["service"]));
     assert_eq!(claims["team"], "core");

@@ -24,6 +24,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The `POST /api/publish` key test servers accept (except those spawned from a file).
 pub const PUBLISH_KEY: &str = "test-publish-key";
 
+/// The HMAC secret every test server verifies tokens with.
+pub const TEST_SECRET: &[u8] = b"integration-test-secret-of-32-bytes-or-more";
+
 /// The Express cookie secret test servers accept.
 pub const SESSION_SECRET: &str = "keyboard cat";
 
@@ -61,7 +64,7 @@ pub async fn spawn_app_from_file(path: &std::path::Path) -> TestApp {
     let mut config = Config::load(path).expect("the test config is valid");
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let secret = HmacSecret {
-        bytes: b"integration-test-secret-of-32-bytes-or-more".to_vec(),
+        bytes: TEST_SECRET.to_vec(),
         development: false,
     };
     let settings = Settings {
@@ -258,7 +261,7 @@ async fn spawn(
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     tweak(&mut config);
     let secret = HmacSecret {
-        bytes: b"integration-test-secret-of-32-bytes-or-more".to_vec(),
+        bytes: TEST_SECRET.to_vec(),
         development: false,
     };
     let settings = Settings {
