@@ -28,6 +28,11 @@ use serde_json::json;
 /// Outgoing bytes tungstenite may buffer for a client beyond the messages queued in the outbox.
 const WRITE_BUFFER_SLACK: usize = 1 << 20;
 
+/// tungstenite allocates a socket's read buffer at the upgrade and keeps it (128 KiB by default),
+/// so it is what an idle connection costs. Client frames are small (pings, subscribes, pongs);
+/// a larger one still arrives whole, read this many bytes at a time into room reserved for it.
+const READ_BUFFER: usize = 4 << 10;
+
 /// Answers `GET <graphql_path>` with `Upgrade: websocket`. Before the 101: the subprotocol
 /// (400), the origin (403), the per-IP limits (429); then the size limits are set and the socket
 /// goes to the connection loop.
@@ -102,6 +107,7 @@ pub async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .max_write_buffer_size(max_message * 4 + WRITE_BUFFER_SLACK)
+        .read_buffer_size(READ_BUFFER)
         // Tracked so that shutdown waits for every connection to close and write its log row.
         .on_upgrade(move |socket| {
             tracker.track_future(connection::serve(socket, state, peer, protocol))
