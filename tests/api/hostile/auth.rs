@@ -125,6 +125,25 @@ async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
     client
 }
 
+/// A session connection of alice, a member of workspace `acme`, with `feed` subscribed to
+/// `workspace:acme:feed` and `mine` to `user:alice`, both live; returns it and the stored `sess`.
+async fn acme_member_following(app: &TestApp, sid: &str) -> (WsClient, Value) {
+    let sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
+    insert_session(&app.state.db, sid, &sess).await;
+    let mut client = session_connection(app, sid).await;
+    client
+        .send(subscribe_events("feed", "workspace:acme:feed"))
+        .await;
+    client.send(subscribe_events("mine", "user:alice")).await;
+    until_live(
+        app,
+        &mut client,
+        &[("feed", "workspace:acme:feed"), ("mine", "user:alice")],
+    )
+    .await;
+    (client, sess)
+}
+
 fn subscribe_events(id: &str, topic: &str) -> Value {
     json!({ "id": id, "type": "subscribe", "payload": {
         "query": "subscription($t: String!) { events(topic: $t) { type } }",
@@ -236,19 +255,7 @@ async fn a_session_connection_refreshed_with_a_token_becomes_a_token_connection(
         c.auth.jwt.leeway = "0s".parse().unwrap();
     })
     .await;
-    let sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
-    insert_session(&app.state.db, "sid-refreshed", &sess).await;
-    let mut client = session_connection(&app, "sid-refreshed").await;
-    client
-        .send(subscribe_events("feed", "workspace:acme:feed"))
-        .await;
-    client.send(subscribe_events("mine", "user:alice")).await;
-    until_live(
-        &app,
-        &mut client,
-        &[("feed", "workspace:acme:feed"), ("mine", "user:alice")],
-    )
-    .await;
+    let (mut client, _) = acme_member_following(&app, "sid-refreshed").await;
 
     // The token's claims, not the session's, decide from now on.
     let token = app.token_for("alice", Map::new(), Duration::from_secs(3));
@@ -315,19 +322,7 @@ async fn a_session_re_check_replaces_the_claims_and_ends_the_subscriptions_they_
         c.auth.session.revalidate_every = "200ms".parse().unwrap();
     })
     .await;
-    let mut sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
-    insert_session(&app.state.db, "sid-removed", &sess).await;
-    let mut client = session_connection(&app, "sid-removed").await;
-    client
-        .send(subscribe_events("feed", "workspace:acme:feed"))
-        .await;
-    client.send(subscribe_events("mine", "user:alice")).await;
-    until_live(
-        &app,
-        &mut client,
-        &[("feed", "workspace:acme:feed"), ("mine", "user:alice")],
-    )
-    .await;
+    let (mut client, mut sess) = acme_member_following(&app, "sid-removed").await;
 
     // The Express app removes alice from the workspace; the sliding session stays alive.
     sess["workspaces"] = json!([]);
