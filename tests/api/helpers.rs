@@ -21,6 +21,29 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Writes a session row as express-session with connect-pg-simple does, expiring `minutes` from
+/// now, on either backend.
+pub async fn insert_session(db: &Database, sid: &str, sess: &Value, minutes: i64) {
+    // PostgreSQL's `sess` is `json`, which a text parameter must be cast to; SQLite keeps text.
+    let sql = match db {
+        Database::Postgres(_) => {
+            "INSERT INTO session (sid, sess, expire) VALUES ($1, $2::json, $3)"
+        }
+        Database::Sqlite(_) => "INSERT INTO session (sid, sess, expire) VALUES ($1, $2, $3)",
+    };
+    let expire = (chrono::Utc::now() + chrono::TimeDelta::minutes(minutes)).naive_utc();
+    palisade::on_pool!(db, |pool| {
+        sqlx::query(sql)
+            .bind(sid)
+            .bind(sess.to_string())
+            .bind(expire)
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap()
+    });
+}
+
 /// The `POST /api/publish` key test servers accept (except those spawned from a file).
 pub const PUBLISH_KEY: &str = "test-publish-key";
 

@@ -91,30 +91,11 @@ async fn refresh_auth_and_notices_are_websocket_only() {
 
 mod session_cookie {
     use chrono::{NaiveDateTime, Utc};
-    use palisade::db::Database;
     use serde_json::json;
 
-    use crate::helpers::{SESSION_SECRET, TestApp, spawn_app_with};
+    use crate::helpers::{SESSION_SECRET, TestApp, insert_session, spawn_app_with};
 
     const ORIGIN: (&str, &str) = ("origin", "http://localhost:5173");
-
-    async fn insert_session(
-        db: &Database,
-        sid: &str,
-        sess: serde_json::Value,
-        expire: NaiveDateTime,
-    ) {
-        palisade::on_pool!(db, |pool| {
-            sqlx::query("INSERT INTO session (sid, sess, expire) VALUES ($1, $2, $3)")
-                .bind(sid)
-                .bind(sess.to_string())
-                .bind(expire)
-                .execute(pool)
-                .await
-                .map(drop)
-                .unwrap()
-        });
-    }
 
     fn cookie(sid: &str) -> String {
         let signed = palisade::auth::session::sign(sid, SESSION_SECRET);
@@ -123,14 +104,10 @@ mod session_cookie {
         format!("connect.sid={encoded}")
     }
 
-    fn in_minutes(minutes: i64) -> NaiveDateTime {
-        (Utc::now() + chrono::TimeDelta::minutes(minutes)).naive_utc()
-    }
-
     async fn logged_in(app: &TestApp, sid: &str) -> String {
         let sess =
             json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" } });
-        insert_session(&app.state.db, sid, sess, in_minutes(30)).await;
+        insert_session(&app.state.db, sid, &sess, 30).await;
         cookie(sid)
     }
 
@@ -174,13 +151,7 @@ mod session_cookie {
     #[tokio::test]
     async fn a_session_without_a_user_or_with_a_bad_signature_is_refused() {
         let app = spawn_app_with(|_| {}).await;
-        insert_session(
-            &app.state.db,
-            "sid-anon",
-            json!({ "cookie": {} }),
-            in_minutes(30),
-        )
-        .await;
+        insert_session(&app.state.db, "sid-anon", &json!({ "cookie": {} }), 30).await;
         let tampered =
             cookie("sid-accepted-elsewhere").replace("connect.sid=s%3A", "connect.sid=s%3AX");
         for cookie in [cookie("sid-anon"), tampered] {

@@ -3,14 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{TimeDelta, Utc};
 use jsonwebtoken::{EncodingKey, Header};
 use palisade::db::Database;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    SESSION_SECRET, TEST_SECRET, TestApp, WsClient, spawn_app_on, spawn_app_with,
+    SESSION_SECRET, TEST_SECRET, TestApp, WsClient, insert_session, spawn_app_on, spawn_app_with,
 };
 
 /// A real HS256 token carrying exactly `claims`, for claims `TestApp::token_for` would overwrite
@@ -73,21 +72,6 @@ async fn a_time_claim_that_is_not_a_number_is_refused_at_init() {
         .await;
 }
 
-/// A session row as express-session + connect-pg-simple write it, expiring in an hour.
-async fn insert_session(db: &Database, sid: &str, sess: &Value) {
-    let expire = (Utc::now() + TimeDelta::hours(1)).naive_utc();
-    palisade::on_pool!(db, |pool| {
-        sqlx::query("INSERT INTO session (sid, sess, expire) VALUES ($1, CAST($2 AS json), $3)")
-            .bind(sid)
-            .bind(sess.to_string())
-            .bind(expire)
-            .execute(pool)
-            .await
-            .map(drop)
-            .unwrap()
-    });
-}
-
 /// What the Express app would write into `sess` on a later request.
 async fn update_session(db: &Database, sid: &str, sess: &Value) {
     palisade::on_pool!(db, |pool| {
@@ -129,7 +113,7 @@ async fn session_connection(app: &TestApp, sid: &str) -> WsClient {
 /// `workspace:acme:feed` and `mine` to `user:alice`, both live; returns it and the stored `sess`.
 async fn acme_member_following(app: &TestApp, sid: &str) -> (WsClient, Value) {
     let sess = json!({ "cookie": { "originalMaxAge": 3_600_000 }, "passport": { "user": "alice" }, "workspaces": ["acme"] });
-    insert_session(&app.state.db, sid, &sess).await;
+    insert_session(&app.state.db, sid, &sess, 60).await;
     let mut client = session_connection(app, sid).await;
     client
         .send(subscribe_events("feed", "workspace:acme:feed"))
@@ -300,7 +284,7 @@ async fn me_on_a_session_connection_shows_only_the_exposed_claims(pool: PgPool) 
         "csrfSecret": "do-not-show",
         "displayName": "Alice",
     });
-    insert_session(&app.state.db, "sid-me", &sess).await;
+    insert_session(&app.state.db, "sid-me", &sess, 60).await;
     let mut client = session_connection(&app, "sid-me").await;
     client
         .send(json!({ "id": "me", "type": "subscribe", "payload": { "query": "{ me { id claims } }" } }))
@@ -366,7 +350,7 @@ async fn credentials_larger_than_max_claims_bytes_are_refused_at_authentication(
     let blob = "x".repeat(17 * 1024);
 
     let big = json!({ "passport": { "user": "alice" }, "blob": blob });
-    insert_session(&app.state.db, "sid-big", &big).await;
+    insert_session(&app.state.db, "sid-big", &big, 60).await;
     let mut client = session_init(&app, "sid-big").await;
     assert_eq!(client.closed().await, too_large);
 
@@ -379,7 +363,7 @@ async fn credentials_larger_than_max_claims_bytes_are_refused_at_authentication(
 
     // A session that grows past the bound while connected is closed at its next re-check.
     let small = json!({ "passport": { "user": "bob" } });
-    insert_session(&app.state.db, "sid-grows", &small).await;
+    insert_session(&app.state.db, "sid-grows", &small, 60).await;
     let mut client = session_connection(&app, "sid-grows").await;
     update_session(
         &app.state.db,
