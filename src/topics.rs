@@ -28,7 +28,7 @@ impl Action {
 /// The outcome of a check: allowed, or why not (for the audit trail; clients only see FORBIDDEN).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
-    Allowed { system: bool },
+    Allowed,
     Denied(String),
 }
 
@@ -93,9 +93,7 @@ pub async fn check(
     };
     for grant in grants {
         if granted(grant, topics, db, identity, &bindings).await? {
-            return Ok(Decision::Allowed {
-                system: rule.system,
-            });
+            return Ok(Decision::Allowed);
         }
     }
     Ok(Decision::Denied(format!(

@@ -83,9 +83,9 @@ pub struct TopicRule {
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     #[schemars(with = "Vec<Grant>")]
     pub publish: Vec<Grant>,
-    /// Marks topics for system announcements (incident alerts and the like). It buys no budget:
-    /// opening a subscription costs budget whatever the topic, and only the server's own pushes
-    /// (`rateLimitWarning`, `connectionNotices` events) are free. Default `false`.
+    /// Has no effect: accepted so that files written when it made subscriptions budget-exempt
+    /// still load. Opening a subscription costs budget whatever the topic; only the server's own
+    /// pushes (`rateLimitWarning`, `connectionNotices` events) are free. Default `false`.
     #[serde(default)]
     pub system: bool,
 }

@@ -67,12 +67,12 @@ pub struct Caller {
 }
 
 /// Checks the topic's length and its rule for the caller; a denial is audited and answered with
-/// FORBIDDEN on this operation only. Returns whether the topic is a system topic.
+/// FORBIDDEN on this operation only.
 pub async fn authorize(
     ctx: &Context<'_>,
     topic: &str,
     action: Action,
-) -> async_graphql::Result<bool> {
+) -> async_graphql::Result<()> {
     decide(ctx, topic, action, None).await
 }
 
@@ -82,7 +82,7 @@ pub async fn authorize_raw_publish(
     ctx: &Context<'_>,
     topic: &str,
     kind: &str,
-) -> async_graphql::Result<bool> {
+) -> async_graphql::Result<()> {
     decide(ctx, topic, Action::Publish, Some(kind)).await
 }
 
@@ -91,7 +91,7 @@ async fn decide(
     topic: &str,
     action: Action,
     raw_kind: Option<&str>,
-) -> async_graphql::Result<bool> {
+) -> async_graphql::Result<()> {
     let identity = ctx.data_opt::<Caller>().and_then(|c| c.identity.as_deref());
     Gate::of(ctx).check(identity, topic, action, raw_kind).await
 }
@@ -127,7 +127,7 @@ impl Gate {
         topic: &str,
         action: Action,
         raw_kind: Option<&str>,
-    ) -> async_graphql::Result<bool> {
+    ) -> async_graphql::Result<()> {
         let config = self.live.load();
         crate::bus::check_topic(topic, config.payload.max_topic_bytes)
             .map_err(|violation| Error::Limit(violation).extend())?;
@@ -138,7 +138,7 @@ impl Gate {
             None => topics::check(&config.topics, &self.db, identity, topic, action).await,
         };
         match decision.map_err(|e| Error::Internal(e).extend())? {
-            Decision::Allowed { system } => Ok(system),
+            Decision::Allowed => Ok(()),
             Decision::Denied(reason) => {
                 self.audit.record(Entry::topic_denied(
                     identity.map(|i| i.user_id.clone()),
