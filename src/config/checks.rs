@@ -10,9 +10,12 @@ fn invalid(message: impl Into<Cow<'static, str>>) -> ValidationError {
     ValidationError::new("invalid").with_message(message.into())
 }
 
-/// First path segments of the routes Palisade serves besides GraphQL (src/routes.rs): a GraphQL
-/// path among them would overlap one, which the router refuses by panicking at startup.
-const FIXED_ROUTES: [&str; 6] = ["metrics", "healthz", "readyz", "graphiql", "admin", "api"];
+/// First path segments of the routes Palisade serves besides GraphQL (src/routes.rs, the web app
+/// in src/webapp.rs, the development sign-in in src/devlogin.rs): a GraphQL path among them would
+/// overlap one, which the router refuses by panicking at startup. A new route adds its segment.
+const FIXED_ROUTES: [&str; 8] = [
+    "metrics", "healthz", "readyz", "graphiql", "admin", "api", "app", "auth",
+];
 
 pub(super) fn graphql_path(path: &str) -> Result<(), ValidationError> {
     // Plain segments only: the router reads `{…}`, `*…` and `:…` as parameters, and refuses some

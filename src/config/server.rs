@@ -19,7 +19,7 @@ pub struct Server {
     /// Path of the GraphQL endpoint: `POST`/`GET` queries, the WebSocket upgrade, and GraphiQL for
     /// browsers. Default `/graphql`. Plain segments only (letters, digits, `-._~`; no `{…}`, `:…`
     /// or `*…` parameters), and not under the server's own `/metrics`, `/healthz`, `/readyz`,
-    /// `/graphiql`, `/admin` or `/api`.
+    /// `/graphiql`, `/admin`, `/api`, `/app` or `/auth`.
     #[validate(custom(function = "super::checks::graphql_path"))]
     pub graphql_path: String,
     /// Separate listener for `/metrics`, `/healthz` and `/readyz`, so they can stay off the public

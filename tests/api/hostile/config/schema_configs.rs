@@ -201,3 +201,22 @@ proptest! {
         });
     }
 }
+
+/// Every first segment the server routes besides GraphQL (src/routes.rs, src/webapp.rs,
+/// src/devlogin.rs): a GraphQL path on one of them overlaps a route, which the router refuses by
+/// panicking at startup.
+#[test]
+fn a_graphql_path_on_any_of_the_servers_own_routes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for first in [
+        "metrics", "healthz", "readyz", "graphiql", "admin", "api", "app", "auth",
+    ] {
+        let (ok, stderr) =
+            check_config(dir.path(), &format!("server:\n  graphql_path: /{first}\n"));
+        assert!(!ok, "/{first} accepted");
+        assert!(
+            stderr.contains(&format!("overlaps the server's own /{first} route")),
+            "for /{first}: {stderr}"
+        );
+    }
+}
