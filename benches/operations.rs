@@ -1,6 +1,6 @@
-//! Per-operation cost of the hardening extension (budget, payload checks, exemptions): the same
-//! operations run through the schema with the extension and without it, in one process, and the
-//! ratio is printed. Run with `cargo bench --bench operations`.
+//! Per-operation cost of the per-operation guard (budget, payload checks, exemptions): the same
+//! operations run through Palisade's schema with the guard, without it (as `serve --unguarded`),
+//! and through a bare schema, in one process, and the ratios are printed. Run with `cargo bench --bench operations`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,30 +125,37 @@ async fn main() -> anyhow::Result<()> {
         id: "bench".into(),
         started: std::time::Instant::now(),
     });
-    let hardened = graphql::build(Services {
-        config: config.clone(),
-        live: live.clone(),
-        operations: Arc::new(OperationLimits::new(&config.operations, None)?),
-        auth: Arc::new(Authenticator::new(
-            Verifier::new(&config.auth.jwt, &secret)?,
-            &config.auth,
-            None,
-        )),
-        bus: bus.clone(),
-        presence: Presence::start(presence::Setup {
-            redis: None,
-            streams: &config.streams,
-            instance: instance.id.clone(),
+    // The same schema as the server's, with its per-operation guard and without it
+    // (`serve --unguarded`), and a bare one with no extension at all.
+    let palisade = |unguarded: bool| -> anyhow::Result<_> {
+        Ok(graphql::build(Services {
+            config: config.clone(),
+            live: live.clone(),
+            operations: Arc::new(OperationLimits::new(&config.operations, None)?),
+            auth: Arc::new(Authenticator::new(
+                Verifier::new(&config.auth.jwt, &secret)?,
+                &config.auth,
+                None,
+            )),
             bus: bus.clone(),
+            presence: Presence::start(presence::Setup {
+                redis: None,
+                streams: &config.streams,
+                instance: instance.id.clone(),
+                bus: bus.clone(),
+                db: db.clone(),
+                metrics: metrics.clone(),
+                shutdown: Default::default(),
+            })?,
             db: db.clone(),
+            audit: Audit::start(db.clone(), metrics.clone()),
+            instance: instance.clone(),
             metrics: metrics.clone(),
-            shutdown: Default::default(),
-        })?,
-        db: db.clone(),
-        audit: Audit::start(db, metrics.clone()),
-        instance: instance.clone(),
-        metrics,
-    });
+            unguarded,
+        }))
+    };
+    let hardened = palisade(false)?;
+    let unguarded = palisade(true)?;
     let bare = Schema::build(Query, Mutation::default(), Subscription::default())
         .data(instance)
         .data(bus)
@@ -157,10 +164,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm both up, then interleave rounds so drift in the machine's load affects both alike.
     run(&hardened, &caller, 1_000).await;
+    run(&unguarded, &caller, 1_000).await;
     run(&bare, &caller, 1_000).await;
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with, mut off, mut without) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         with.push(run(&hardened, &caller, OPERATIONS).await);
+        off.push(run(&unguarded, &caller, OPERATIONS).await);
         without.push(run(&bare, &caller, OPERATIONS).await);
     }
     let per_op = |d: &Duration| d.as_secs_f64() * 1e6 / OPERATIONS as f64;
@@ -168,11 +177,13 @@ async fn main() -> anyhow::Result<()> {
         v.sort();
         per_op(&v[v.len() / 2])
     };
-    let (with, without) = (median(&mut with), median(&mut without));
+    let (with, off, without) = (median(&mut with), median(&mut off), median(&mut without));
     println!("operations per round: {OPERATIONS}, rounds: {ROUNDS} (median shown)");
-    println!("without the hardening extension: {without:8.2} µs/operation");
-    println!("with the hardening extension:    {with:8.2} µs/operation");
-    println!("ratio (with / without):          {:8.2}x", with / without);
+    println!("bare schema, no extension:       {without:8.2} µs/operation");
+    println!("Palisade, guard off:             {off:8.2} µs/operation");
+    println!("Palisade, guard on:              {with:8.2} µs/operation");
+    println!("ratio (guard on / guard off):    {:8.2}x", with / off);
+    println!("ratio (guard on / bare):         {:8.2}x", with / without);
 
     // What refusing hostile documents costs, through the same hardened schema.
     println!("\nrefusing hostile documents (median of {ROUNDS}):");

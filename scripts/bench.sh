@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin palisade --bin palisade-bare --bin palisade-bench
 (cd bench/peers/node && npm ci --silent)
-exec target/release/palisade-bench suite --redis "${REDIS_URL:-redis://127.0.0.1:6379}" "$@"
+exec target/release/palisade-bench suite --redis "${REDIS_URL:-redis://127.0.0.1:6379}" \
+  --postgres "${PALISADE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}" "$@"

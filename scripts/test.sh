@@ -84,6 +84,6 @@ cargo test --lib --bins --tests --locked
 (cd bench/peers/node && npm ci --silent)
 cargo build --locked --bin palisade --bin palisade-bare --bin palisade-bench
 bench_out=$(mktemp -d)
-"${CARGO_TARGET_DIR:-target}/debug/palisade-bench" suite --quick --redis "$REDIS_URL" --out "$bench_out/BENCHMARKS.md"
+"${CARGO_TARGET_DIR:-target}/debug/palisade-bench" suite --quick --redis "$REDIS_URL" --postgres "$DATABASE_URL" --out "$bench_out/BENCHMARKS.md"
 rm -rf "$bench_out"
 web-client/test.sh   # the browser app: build, npm clients' conformance tests, Chromium tests

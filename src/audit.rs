@@ -25,6 +25,10 @@ use crate::metrics::Metrics;
 use crate::on_pool;
 use crate::writer::{MAX_TEXT_BYTES, Row, Writer, bounded};
 
+/// Audit rows waiting for the writer. A row can hold a sanitized copy of the upgrade's headers
+/// (every value cut to [`MAX_TEXT_BYTES`]), so this bound is kept well below the other logs'.
+const QUEUE: usize = 8192;
+
 /// Rows of failed credential attempts one client address may write at once.
 pub const FAILED_ATTEMPT_BURST: u32 = 10;
 
@@ -119,21 +123,23 @@ struct Recorded(Entry, DateTime<Utc>);
 impl Row for Recorded {
     const TABLE: &'static str = "audit_log";
 
-    async fn insert(&self, db: &Database) -> anyhow::Result<()> {
-        let Recorded(e, at) = self;
-        on_pool!(db, |pool| {
-            sqlx::query(
-                "INSERT INTO audit_log (action, severity, user_id, connection_id, ip, metadata, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    async fn write(rows: &[Self], db: &Database) -> anyhow::Result<()> {
+        on_pool!(db, |conn| {
+            sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (action, severity, user_id, connection_id, ip, metadata, created_at) ",
             )
-            .bind(e.action)
-            .bind(e.severity.as_str())
-            .bind(&e.user_id)
-            .bind(&e.connection_id)
-            .bind(&e.ip)
-            .bind(sqlx::types::Json(&e.metadata))
-            .bind(at)
-            .execute(pool)
+            .push_values(rows, |mut values, Recorded(e, at)| {
+                values
+                    .push_bind(e.action)
+                    .push_bind(e.severity.as_str())
+                    .push_bind(&e.user_id)
+                    .push_bind(&e.connection_id)
+                    .push_bind(&e.ip)
+                    .push_bind(sqlx::types::Json(&e.metadata))
+                    .push_bind(at);
+            })
+            .build()
+            .execute(conn)
             .await
             .map(drop)
         })?;
@@ -158,7 +164,7 @@ impl Audit {
             .expect("a non-zero constant")
             .allow_burst(burst);
         Self {
-            writer: Writer::start(db, metrics.audit_dropped.clone()),
+            writer: Writer::start(db, QUEUE, metrics.audit_dropped.clone()),
             failures: Arc::new(RateLimiter::keyed(quota)),
             throttled: metrics.audit_throttled.clone(),
         }

@@ -32,6 +32,12 @@ enum Command {
         /// hardening.yaml to use (else PALISADE_CONFIG, else ./hardening.yaml, else defaults).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Benchmarks only: run without the per-operation guard (depth, complexity, aliases,
+        /// tokens, directives, the operation budget), to measure what it costs. Connection-level
+        /// bounds (message bytes, operations per connection, queued bytes) stay on. A warning is
+        /// logged at startup.
+        #[arg(long)]
+        unguarded: bool,
     },
     /// Validate a hardening.yaml; exit 0 with a summary, or non-zero naming each problem.
     CheckConfig { path: Option<PathBuf> },
@@ -66,8 +72,14 @@ fn parse_claim(raw: &str) -> Result<(String, Value), String> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => serve(config).await.map(|()| ExitCode::SUCCESS),
+    let default = Command::Serve {
+        config: None,
+        unguarded: false,
+    };
+    match cli.command.unwrap_or(default) {
+        Command::Serve { config, unguarded } => {
+            serve(config, unguarded).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::CheckConfig { path } => Ok(check_config(path)),
         Command::ConfigSchema => {
             println!("{}", serde_json::to_string_pretty(&Config::json_schema())?);
@@ -132,7 +144,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(config: Option<PathBuf>, unguarded: bool) -> anyhow::Result<()> {
     let (config, config_path) = load(config)?;
     telemetry::init(&config.logging);
     let jwt_secret = HmacSecret::resolve(&config.auth.jwt.secret_env)?;
@@ -152,6 +164,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         publish_key: crate::publish::PublishKey::from_env(&config.auth.publish_key_env),
         config_path,
         config,
+        unguarded,
     };
     let jwt = &settings.config.auth.jwt;
     // The development token is HMAC-signed: with a public key configured there is none to offer.

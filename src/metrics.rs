@@ -26,6 +26,7 @@ pub struct Metrics {
     /// Operations by type (query, mutation, subscription, unknown) and outcome (ok, error, rejected).
     pub operations_total: IntCounterVec,
     pub audit_dropped: IntCounter,
+    pub connection_log_dropped: IntCounter,
     /// Audit rows of failed credential attempts not written: their address was over the
     /// failed-attempt rate (`audit::FAILED_ATTEMPT_BURST`).
     pub audit_throttled: IntCounter,
@@ -171,6 +172,11 @@ impl Metrics {
                 r,
                 "audit_dropped_total",
                 "Audit rows dropped because the queue was full or the database failed",
+            ),
+            connection_log_dropped: counter(
+                r,
+                "connection_log_dropped_total",
+                "Connection-log writes dropped because the queue was full or the database failed",
             ),
             audit_throttled: counter(
                 r,

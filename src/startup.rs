@@ -21,6 +21,7 @@ use crate::auth::{Authenticator, SessionStore, Verifier};
 use crate::bus::Bus;
 use crate::client_ip::ClientIp;
 use crate::config::{Config, LiveConfig};
+use crate::connlog::ConnectionLog;
 use crate::db::Database;
 use crate::graphql::{self, AppSchema, Instance, Services};
 use crate::limits::http::HttpLimiter;
@@ -44,6 +45,9 @@ pub struct Settings {
     pub session_secrets: Vec<String>,
     /// The API key of `POST /api/publish`; `None` turns that endpoint off.
     pub publish_key: Option<Arc<PublishKey>>,
+    /// Leaves the per-operation guard out of the schema (`serve --unguarded`, for the overhead
+    /// benchmark).
+    pub unguarded: bool,
 }
 
 pub enum DatabaseSource {
@@ -59,6 +63,7 @@ pub struct AppState {
     pub schema: AppSchema,
     pub db: Database,
     pub audit: Audit,
+    pub connection_log: ConnectionLog,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
     /// The certificate in use when `server.tls` is set; SIGHUP reloads it.
@@ -136,6 +141,8 @@ impl Application {
         .context("setting up the connection registry")?;
         registry.follow_orders().await;
         let audit = Audit::start(db.clone(), metrics.clone());
+        let connection_log =
+            ConnectionLog::start(db.clone(), metrics.connection_log_dropped.clone());
         let sessions = (!settings.session_secrets.is_empty()).then(|| {
             SessionStore::with_secrets(&config.auth.session, db.clone(), &settings.session_secrets)
         });
@@ -171,6 +178,7 @@ impl Application {
             instance: instance.clone(),
             metrics: metrics.clone(),
             presence: presence.clone(),
+            unguarded: settings.unguarded,
         });
         let dev_login = crate::devlogin::DevLogin::new(
             &config,
@@ -182,6 +190,7 @@ impl Application {
         let state = AppState {
             readiness,
             audit,
+            connection_log,
             auth,
             registry,
             operations,
@@ -352,6 +361,7 @@ impl Application {
         // Connections are closed by now; whatever presence is left (grace elapsed) leaves.
         state.presence.stop().await;
         state.audit.flush().await;
+        state.connection_log.flush().await;
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())

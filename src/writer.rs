@@ -1,7 +1,10 @@
 //! Log rows written off the request path. Recording never blocks or fails the caller: rows go
-//! into a bounded queue that one background task drains into the database. A full queue or a
-//! failed insert counts the row as dropped (each log has its own counter) instead of slowing the
-//! connection path. The audit trail and the presence log both write through this.
+//! into a bounded queue that one background task drains into the database, up to [`BATCH`] rows
+//! at a time and in as few statements as each table allows (a multi-row `INSERT`). During a
+//! connect burst the writer is one task among thousands and waits its turn at every await, so
+//! what bounds its throughput is statements per row, not the database. A full queue or a failed insert counts the row as dropped (each log has its own
+//! counter) instead of slowing the connection path. The audit trail, the connection log and the
+//! presence log all write through this.
 
 use std::future::Future;
 
@@ -10,8 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Database;
 
-/// Rows waiting for the writer; beyond this a log sheds load rather than memory.
-const QUEUE: usize = 4096;
+/// Rows written at a time. Large enough that a connect burst (a connection-log row and an audit
+/// row per connection) is a handful of statements; small enough that one statement holds
+/// SQLite's write lock for milliseconds, and that it stays
+/// far below either backend's limit on bound parameters (10 per row at most here; SQLite allows
+/// 32,766, PostgreSQL 65,535).
+pub const BATCH: usize = 1024;
 
 /// Bytes that one client-supplied string (a User-Agent, a header, a topic, an origin) may take in
 /// a log row. Together with [`QUEUE`] this bounds what a client can make the log queues hold, and
@@ -25,14 +32,19 @@ pub fn bounded(text: &str) -> &str {
 }
 
 /// One row of a log table.
-pub trait Row: Send + 'static {
+pub trait Row: Send + Sync + 'static {
     /// The table, for the warning logged when a row is dropped.
     const TABLE: &'static str;
 
-    fn insert<'a>(
-        &'a self,
+    /// Writes `rows` (at most [`BATCH`], in the order they were recorded), each statement a
+    /// multi-row one. No transaction: every statement is atomic by itself, and `BEGIN` and
+    /// `COMMIT` would be two more round trips, each a wait for the writer's turn.
+    fn write<'a>(
+        rows: &'a [Self],
         db: &'a Database,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'a;
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'a
+    where
+        Self: Sized;
 }
 
 enum Command<R> {
@@ -57,10 +69,11 @@ impl<R> Clone for Writer<R> {
 }
 
 impl<R: Row> Writer<R> {
-    /// Starts the writer task; it ends when the last handle is dropped. Rows that cannot be
+    /// Starts the writer task; it ends when the last handle is dropped. At most `queue` rows wait
+    /// for it (beyond that a log sheds rows rather than grow); rows that cannot be queued or
     /// written are counted in `dropped`.
-    pub fn start(db: Database, dropped: IntCounter) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    pub fn start(db: Database, queue: usize, dropped: IntCounter) -> Self {
+        let (tx, rx) = mpsc::channel(queue);
         tokio::spawn(write_loop(db, rx, dropped.clone()));
         Self { tx, dropped }
     }
@@ -81,22 +94,40 @@ impl<R: Row> Writer<R> {
 }
 
 async fn write_loop<R: Row>(db: Database, mut rx: mpsc::Receiver<Command<R>>, dropped: IntCounter) {
-    // One row at a time keeps the writer simple; the queue absorbs bursts.
-    while let Some(command) = rx.recv().await {
-        match command {
-            Command::Write(row) => {
-                if let Err(error) = row.insert(&db).await {
-                    dropped.inc();
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        table = R::TABLE,
-                        "log row dropped"
-                    );
+    let mut commands = Vec::with_capacity(BATCH);
+    let mut rows = Vec::with_capacity(BATCH);
+    // Whatever has queued up while the last batch was written is taken at once; an idle writer
+    // waits here for the next row.
+    while rx.recv_many(&mut commands, BATCH).await > 0 {
+        for command in commands.drain(..) {
+            match command {
+                Command::Write(row) => rows.push(row),
+                // Rows queued before the flush are written before it is answered.
+                Command::Flush(done) => {
+                    write(&db, &mut rows, &dropped).await;
+                    let _ = done.send(());
                 }
             }
-            Command::Flush(done) => {
-                let _ = done.send(());
-            }
+        }
+        write(&db, &mut rows, &dropped).await;
+    }
+}
+
+/// Writes `rows` and empties it. Should the batch fail, each row is retried on its own, so one
+/// row the database refuses drops only itself.
+async fn write<R: Row>(db: &Database, rows: &mut Vec<R>, dropped: &IntCounter) {
+    if rows.is_empty() || R::write(rows, db).await.is_ok() {
+        rows.clear();
+        return;
+    }
+    for row in rows.drain(..) {
+        if let Err(error) = R::write(std::slice::from_ref(&row), db).await {
+            dropped.inc();
+            tracing::warn!(
+                error = format!("{error:#}"),
+                table = R::TABLE,
+                "log row dropped"
+            );
         }
     }
 }

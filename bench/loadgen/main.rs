@@ -49,6 +49,10 @@ enum Scenario {
     Connect {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Run Palisade on a fresh database of this PostgreSQL server (the URL of its `postgres`
+        /// database) instead of SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// Deliveries per second and publish→deliver latency to subscribers of one topic.
     Fanout {
@@ -92,11 +96,23 @@ enum Scenario {
         #[arg(long)]
         rate: Option<u32>,
     },
+    /// Server CPU per operation: one query sent back to back over a fixed set of connections.
+    /// Compare `--kinds palisade,palisade-open,bare`: with the guard, without it, and bare.
+    Overhead {
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        #[arg(long, default_value_t = 50_000)]
+        operations: usize,
+    },
     /// Every scenario against Palisade and both peers; writes BENCHMARKS.md and bench/*.svg.
     Suite {
         /// Also run churn and cluster on this Redis (unset: churn in-process, no cluster).
         #[arg(long)]
         redis: Option<String>,
+        /// Also run the connect scenario with Palisade on this PostgreSQL server (the URL of its
+        /// `postgres` database).
+        #[arg(long)]
+        postgres: Option<String>,
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: std::path::PathBuf,
     },
@@ -153,8 +169,17 @@ fn emit(result: &impl Serialize) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let files = raise_file_limit();
-    if let Scenario::Suite { redis, out } = &cli.scenario {
-        return suite::run(cli.quick, files, redis.as_deref(), out).await;
+    if let Scenario::Suite {
+        redis,
+        postgres,
+        out,
+    } = &cli.scenario
+    {
+        let services = suite::Services {
+            redis: redis.as_deref(),
+            postgres: postgres.as_deref(),
+        };
+        return suite::run(cli.quick, files, services, out).await;
     }
     let mut figures: Vec<(Kind, f64)> = Vec::new();
     for &kind in &cli.kinds {
@@ -167,9 +192,13 @@ async fn main() -> anyhow::Result<()> {
                 emit(&r);
                 r.marginal_bytes as f64
             }
-            Scenario::Connect { connections } => {
+            Scenario::Connect {
+                connections,
+                postgres,
+            } => {
                 let n = if q { 300 } else { *connections };
-                let r = scenarios::idle::connect(kind, connections_within(files, n)).await?;
+                let n = connections_within(files, n);
+                let r = scenarios::idle::connect(kind, n, postgres.as_deref()).await?;
                 emit(&r);
                 r.per_second
             }
@@ -237,6 +266,19 @@ async fn main() -> anyhow::Result<()> {
                 );
                 // Palisade only: the peers have no cluster mode.
                 return Ok(());
+            }
+            Scenario::Overhead {
+                connections,
+                operations,
+            } => {
+                let (c, o) = if q {
+                    (10, 500)
+                } else {
+                    (*connections, *operations)
+                };
+                let r = scenarios::overhead::overhead(kind, c, o).await?;
+                emit(&r);
+                r.cpu_micros_per_operation
             }
             Scenario::Suite { .. } => unreachable!("handled above"),
             Scenario::Storm {

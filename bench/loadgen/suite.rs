@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::scenarios::deliver::{self, Delivery};
+use crate::scenarios::overhead::{self, Overhead};
 use crate::scenarios::{churn, idle, storm};
 use crate::target::Kind;
 use crate::{chart, connections_within};
@@ -19,6 +20,8 @@ struct Sizes {
     topics: (usize, usize, usize),
     storm: (usize, usize, u32),
     churn: (u32, u64),
+    /// Connections and operations of the overhead runs.
+    overhead: (usize, usize),
     /// Seconds of paced publishing per latency point.
     paced_seconds: f64,
 }
@@ -35,6 +38,7 @@ impl Sizes {
                 topics: (100, 10, 200),
                 storm: (50, 40, 20),
                 churn: (50, 6),
+                overhead: (10, 500),
                 paced_seconds: 1.0,
             }
         } else {
@@ -48,6 +52,7 @@ impl Sizes {
                 topics: (cap(10_000), 1_000, 20_000),
                 storm: (cap(10_000), 300, 20),
                 churn: (200, 600),
+                overhead: (50, 50_000),
                 paced_seconds: 10.0,
             }
         }
@@ -80,7 +85,7 @@ impl Measured {
 async fn measure(kind: Kind, sizes: &Sizes) -> anyhow::Result<Measured> {
     eprintln!("palisade-bench suite: {kind:?}");
     let idle = idle::idle(kind, &sizes.idle_steps).await?;
-    let connect = idle::connect(kind, sizes.connect).await?;
+    let connect = idle::connect(kind, sizes.connect, None).await?;
     let mut fanout = Vec::new();
     for _ in 0..3 {
         fanout.push(deliver::fanout(kind, sizes.subscribers, sizes.events, None).await?);
@@ -132,11 +137,32 @@ fn machine() -> String {
     )
 }
 
-pub async fn run(quick: bool, files: u64, redis: Option<&str>, out: &Path) -> anyhow::Result<()> {
+/// Where the suite's optional runs go: churn and cluster on Redis, a connect run on PostgreSQL.
+pub struct Services<'a> {
+    pub redis: Option<&'a str>,
+    pub postgres: Option<&'a str>,
+}
+
+pub async fn run(
+    quick: bool,
+    files: u64,
+    services: Services<'_>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let Services { redis, postgres } = services;
     let sizes = Sizes::new(quick, files);
     let mut measured = Vec::new();
     for kind in [Kind::Palisade, Kind::Bare, Kind::Node] {
         measured.push(measure(kind, &sizes).await?);
+    }
+    let connect_postgres = match postgres {
+        Some(url) => Some(idle::connect(Kind::Palisade, sizes.connect, Some(url)).await?),
+        None => None,
+    };
+    let (connections, operations) = sizes.overhead;
+    let mut overheads = Vec::new();
+    for kind in [Kind::Palisade, Kind::PalisadeOpen, Kind::Bare] {
+        overheads.push(overhead::overhead(kind, connections, operations).await?);
     }
     let (rate, seconds) = sizes.churn;
     let churn = churn::churn(Kind::Palisade, rate, seconds, redis).await?;
@@ -159,18 +185,34 @@ pub async fn run(quick: bool, files: u64, redis: Option<&str>, out: &Path) -> an
             .map(|m| (m.kind, &m.idle.points[..]))
             .collect::<Vec<_>>(),
     )?;
-    let report = render(&measured, &churn, cluster.as_ref(), quick);
+    let extra = Extra {
+        churn: &churn,
+        cluster: cluster.as_ref(),
+        connect_postgres: connect_postgres.as_ref(),
+        overheads: &overheads,
+    };
+    let report = render(&measured, &extra, quick);
     std::fs::write(out, report)?;
     eprintln!("palisade-bench suite: wrote {}", out.display());
     Ok(())
 }
 
-fn render(
-    m: &[Measured],
-    churn: &churn::Churn,
-    cluster: Option<&[Delivery; 2]>,
-    quick: bool,
-) -> String {
+/// The Palisade-only runs, beside the table of all three servers.
+struct Extra<'a> {
+    churn: &'a churn::Churn,
+    cluster: Option<&'a [Delivery; 2]>,
+    connect_postgres: Option<&'a idle::Connect>,
+    /// Guarded, unguarded, bare.
+    overheads: &'a [Overhead],
+}
+
+fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
+    let Extra {
+        churn,
+        cluster,
+        connect_postgres,
+        overheads,
+    } = extra;
     let [p, bare, node] = [&m[0], &m[1], &m[2]];
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -292,6 +334,29 @@ fn render(
         md,
         "\nLost events over all fan-out runs: {lost}. Peers ignore `after`, so the storm's lost events for them are what a client of a stock server misses while it reconnects.\n"
     );
+    if let Some(pg) = connect_postgres {
+        let _ = writeln!(
+            md,
+            "**Connect on PostgreSQL** ({} connections, Palisade on a fresh PostgreSQL database instead of SQLite): {:.0}/s, {} failed (target: ≥ 5,000/s).\n",
+            pg.connections, pg.per_second, pg.failed
+        );
+    }
+    if let [guarded, unguarded, bare] = overheads {
+        let _ = writeln!(
+            md,
+            "**Hardening overhead** ({} connections sending `{{ serverInfo {{ … }} }}` back to back, {} operations): server CPU per operation {:.1} µs with the guard, {:.1} µs without it (`serve --unguarded`), {:.1} µs bare; with ÷ without = {:.2}× (target: ≤ 1.10×), with ÷ bare = {:.2}×. Operations/s: {:.0}, {:.0}, {:.0}.\n",
+            guarded.connections,
+            guarded.operations,
+            guarded.cpu_micros_per_operation,
+            unguarded.cpu_micros_per_operation,
+            bare.cpu_micros_per_operation,
+            guarded.cpu_micros_per_operation / unguarded.cpu_micros_per_operation.max(1e-9),
+            guarded.cpu_micros_per_operation / bare.cpu_micros_per_operation.max(1e-9),
+            guarded.per_second,
+            unguarded.per_second,
+            bare.per_second,
+        );
+    }
     let _ = writeln!(
         md,
         "**Churn** ({} connects/s for {} s, each living 5 s, Palisade{}): RSS {:.1} MiB at steady state, {:.1} MiB at the end, drift {:+.1}% (target: under 5%); Redis keys left other than the bus's stream history: {}.\n",

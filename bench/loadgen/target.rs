@@ -15,7 +15,8 @@ pub const SECRET: &str = "palisade-bench-secret-of-at-least-32-bytes";
 pub enum Kind {
     /// Palisade itself, release build, with the bench hardening.yaml below.
     Palisade,
-    /// Palisade with every limit it can switch off switched off: the `overhead` baseline.
+    /// The same binary without its per-operation guard (`serve --unguarded`): the `overhead`
+    /// baseline.
     PalisadeOpen,
     /// A bare async-graphql-axum server with the same schema shape and no hardening.
     Bare,
@@ -34,13 +35,78 @@ pub struct Server {
     pub kind: Kind,
     pub url: String,
     child: Child,
+    /// Palisade's PostgreSQL database, when it runs on one; dropped after the server.
+    database: Option<FreshDatabase>,
     _dir: tempfile::TempDir,
+}
+
+/// A database of this run's own on a PostgreSQL server, so every run starts on empty tables.
+struct FreshDatabase {
+    /// Where it was created from (the server's `postgres` database).
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl FreshDatabase {
+    async fn create(admin: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let name = format!("palisade_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = sqlx::PgConnection::connect(admin)
+            .await
+            .with_context(|| format!("connecting to {admin}"))?;
+        // The name is ours (a prefix and a UUID's hex digits), never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await?;
+        let (base, _) = admin
+            .rsplit_once('/')
+            .context("the URL names no database")?;
+        Ok(Self {
+            url: format!("{base}/{name}"),
+            admin: admin.to_string(),
+            name,
+        })
+    }
+
+    /// Drops the database on a thread of its own: `Drop` cannot await, and the scenario's runtime
+    /// may be busy or ending.
+    fn drop_now(&self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut connection = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut connection)
+                .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("palisade-bench: could not drop the database {}", self.name);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(database) = &self.database {
+            let _ = self.child.start_kill();
+            database.drop_now();
+        }
+    }
 }
 
 /// Limits high enough that the workload, not a limit, is what is measured; the per-operation
 /// guards all still run.
-fn hardening(port: u16, open: bool, redis: Option<&Redis>) -> String {
-    let budget = if open { 100_000_000 } else { 1_000_000 };
+fn hardening(port: u16, redis: Option<&Redis>) -> String {
     let streams = redis
         .map(|r| {
             format!(
@@ -58,7 +124,7 @@ connections:
   reconnects_per_minute: 1000
   connects_per_minute_per_ip: 100000
 operations:
-  rate_limit: {{ limit: {budget}, window: 60s }}
+  rate_limit: {{ limit: 1000000, window: 60s }}
   http: {{ per_ip_per_second: 100000, burst: 100000 }}
 topics:
   rules:
@@ -98,17 +164,38 @@ impl Server {
     /// Starts `kind`; with `redis`, Palisade uses the Redis bus and cluster state under its prefix
     /// (the peers have no such mode and ignore it).
     pub async fn start(kind: Kind, redis: Option<&Redis>) -> anyhow::Result<Self> {
+        Self::start_on(kind, redis, None).await
+    }
+
+    /// [`Server::start`], with Palisade on a fresh database of the PostgreSQL server whose
+    /// `postgres` database `postgres` names (unset: a SQLite file, the default).
+    pub async fn start_on(
+        kind: Kind,
+        redis: Option<&Redis>,
+        postgres: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let database = match postgres {
+            Some(admin) if matches!(kind, Kind::Palisade | Kind::PalisadeOpen) => {
+                Some(FreshDatabase::create(admin).await?)
+            }
+            _ => None,
+        };
         let port = free_port()?;
         let mut command = match kind {
             Kind::Palisade | Kind::PalisadeOpen => {
                 let config = dir.path().join("hardening.yaml");
-                std::fs::write(&config, hardening(port, kind == Kind::PalisadeOpen, redis))?;
+                std::fs::write(&config, hardening(port, redis))?;
                 let mut c = Command::new(sibling("palisade")?);
-                c.arg("serve").arg("--config").arg(&config).env(
-                    "DATABASE_URL",
-                    format!("sqlite://{}/bench.db", dir.path().display()),
+                c.arg("serve").arg("--config").arg(&config);
+                if kind == Kind::PalisadeOpen {
+                    c.arg("--unguarded");
+                }
+                let url = database.as_ref().map_or_else(
+                    || format!("sqlite://{}/bench.db", dir.path().display()),
+                    |d| d.url.clone(),
                 );
+                c.env("DATABASE_URL", url);
                 c.env_remove("REDIS_URL");
                 if let Some(redis) = redis {
                     c.env("REDIS_URL", &redis.url);
@@ -148,6 +235,7 @@ impl Server {
             kind,
             url: format!("ws://127.0.0.1:{port}/graphql"),
             child,
+            database,
             _dir: dir,
         };
         server.wait_listening(port).await?;
@@ -165,6 +253,42 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         bail!("{:?} did not listen on {port} within 30 s", self.kind)
+    }
+
+    /// The sum of Palisade's `/metrics` samples whose name ends with `suffix` (0 for the peers,
+    /// which have no metrics).
+    pub async fn metric_sum(&self, suffix: &str) -> f64 {
+        if !matches!(self.kind, Kind::Palisade | Kind::PalisadeOpen) {
+            return 0.0;
+        }
+        let address = self
+            .url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let scrape = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut socket = tokio::net::TcpStream::connect(&address).await?;
+            socket
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            socket.read_to_string(&mut body).await?;
+            anyhow::Ok(body)
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), scrape)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        body.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(name, _)| name.split('{').next().is_some_and(|n| n.ends_with(suffix)))
+            .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+            .sum()
     }
 
     pub fn pid(&self) -> u32 {

@@ -42,12 +42,27 @@ impl Topics {
     }
 }
 
+/// The same shape as Palisade's, so the `overhead` scenario sends all servers one query.
+#[derive(SimpleObject)]
+struct ServerInfo {
+    version: String,
+    instance_id: String,
+    uptime_seconds: u64,
+}
+
 struct Query;
 
 #[Object]
 impl Query {
-    async fn server_info(&self) -> &'static str {
-        "palisade-bare"
+    async fn server_info(&self, ctx: &Context<'_>) -> ServerInfo {
+        ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            instance_id: "palisade-bare".to_string(),
+            uptime_seconds: ctx
+                .data_unchecked::<std::time::Instant>()
+                .elapsed()
+                .as_secs(),
+        }
     }
 }
 
@@ -152,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
     let secret = std::env::var("PALISADE_JWT_SECRET")?;
     let schema = Schema::build(Query, Mutation, Subscriptions)
         .data(Arc::new(Topics::default()))
+        .data(std::time::Instant::now())
         .finish();
     let app = axum::Router::new()
         .route("/graphql", get(websocket).post(http))

@@ -30,6 +30,13 @@ pub struct Server {
     /// after it is dropped.
     #[validate(range(max = Duration::mins(10)))]
     pub shutdown_grace: Duration,
+    /// Over how long a shutdown spreads the closing of WebSockets: each connection closes with
+    /// 1001 at its own random moment within the period, so the clients of a stopping instance
+    /// reconnect to the others a few at a time instead of all in the same second. Default `10s`;
+    /// `0s` closes them all at once. Must be shorter than `shutdown_grace`, which the spread counts
+    /// against. Read at startup.
+    #[validate(range(max = Duration::mins(10)))]
+    pub drain_period: Duration,
     /// Reverse proxies (addresses like `10.0.0.5` or networks like `10.0.0.0/8`) whose
     /// `X-Forwarded-For` hops are believed. Default `[]`: the client IP is always the socket's peer,
     /// and the header is ignored (a client can write anything into it). With proxies listed, a
@@ -62,6 +69,7 @@ impl Default for Server {
             graphql_path: "/graphql".into(),
             admin_listen: None,
             shutdown_grace: Duration::secs(30),
+            drain_period: Duration::secs(10),
             trusted_proxies: Vec::new(),
             tls: None,
             cors: Cors::default(),

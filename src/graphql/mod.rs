@@ -209,6 +209,8 @@ pub struct Services {
     pub instance: Arc<Instance>,
     pub metrics: Arc<Metrics>,
     pub presence: Arc<Presence>,
+    /// Leaves the per-operation guard out (`serve --unguarded`).
+    pub unguarded: bool,
 }
 
 /// Builds the schema with the shape limits of `payload` that async-graphql enforces itself.
@@ -224,6 +226,7 @@ pub fn build(services: Services) -> AppSchema {
         instance,
         metrics,
         presence,
+        unguarded,
     } = services;
     let payload = &config.payload;
     let guard = Guard {
@@ -241,10 +244,16 @@ pub fn build(services: Services) -> AppSchema {
         .data(presence)
         .data(Replays::new(&config.streams, &metrics))
         .extension(observe::Observe(metrics))
-        .extension(guard)
         // Depth and complexity are measured here but judged by the guard, which reports them
         // with their own codes; this bound is only the parser's safety net.
         .limit_recursive_depth(payload.max_input_nesting.max(payload.max_depth) as usize + 8);
+    if unguarded {
+        tracing::warn!(
+            "running without the per-operation guard (--unguarded): no depth, complexity, alias, token, directive or budget limit applies"
+        );
+    } else {
+        builder = builder.extension(guard);
+    }
     if !payload.introspection {
         builder = builder.disable_introspection();
     }

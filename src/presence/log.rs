@@ -10,6 +10,11 @@ use crate::db::Database;
 use crate::on_pool;
 use crate::writer::Row;
 
+/// Rows waiting for the writer: a presence row per subscription entered or left, so as many as
+/// the connection log's when 10,000 subscribers arrive or leave at once. A row holds ids and a
+/// topic name cut to [`crate::writer::MAX_TEXT_BYTES`], under 2 KiB.
+pub const QUEUE: usize = 32_768;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Online,
@@ -28,23 +33,26 @@ pub struct LogRow {
 impl Row for LogRow {
     const TABLE: &'static str = "presence_log";
 
-    async fn insert(&self, db: &Database) -> anyhow::Result<()> {
-        let status = match self.status {
-            Status::Online => "online",
-            Status::Offline => "offline",
-        };
-        on_pool!(db, |pool| {
-            sqlx::query(
-                "INSERT INTO presence_log (user_id, topic, connection_id, instance_id, status, at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+    async fn write(rows: &[Self], db: &Database) -> anyhow::Result<()> {
+        on_pool!(db, |conn| {
+            sqlx::QueryBuilder::new(
+                "INSERT INTO presence_log (user_id, topic, connection_id, instance_id, status, at) ",
             )
-            .bind(&self.entry.user)
-            .bind(crate::writer::bounded(&self.entry.topic))
-            .bind(&self.entry.connection)
-            .bind(&self.instance)
-            .bind(status)
-            .bind(self.at)
-            .execute(pool)
+            .push_values(rows, |mut values, row| {
+                let status = match row.status {
+                    Status::Online => "online",
+                    Status::Offline => "offline",
+                };
+                values
+                    .push_bind(&row.entry.user)
+                    .push_bind(crate::writer::bounded(&row.entry.topic))
+                    .push_bind(&row.entry.connection)
+                    .push_bind(&row.instance)
+                    .push_bind(status)
+                    .push_bind(row.at);
+            })
+            .build()
+            .execute(conn)
             .await
             .map(drop)
         })?;

@@ -216,7 +216,11 @@ impl Presence {
         });
         let reporter = Arc::new(Reporter {
             bus: setup.bus,
-            log: Writer::start(setup.db, setup.metrics.presence_log_dropped.clone()),
+            log: Writer::start(
+                setup.db,
+                log::QUEUE,
+                setup.metrics.presence_log_dropped.clone(),
+            ),
             instance: setup.instance,
         });
         // Any live instance sweeps: the entries of one that died are nobody else's to remove.

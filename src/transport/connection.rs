@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_graphql::http::{ClientMessage, WebSocketProtocols as Protocols};
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
-use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -47,6 +47,7 @@ const PINGS_BEFORE_ACK: u32 = 3;
 pub struct Peer {
     pub ip: String,
     pub user_agent: Option<String>,
+    /// The upgrade request's headers, until `connection_init` has used them.
     pub headers: HeaderMap,
     /// The `access_token` query parameter, when `auth.jwt.allow_query_token` is on.
     pub query_token: Option<String>,
@@ -65,10 +66,8 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         instance_id: state.instance.id.clone(),
         subprotocol: protocol.sec_websocket_protocol(),
         connected_at: chrono::Utc::now(),
+        user_id: None,
     };
-    if let Err(error) = connlog::opened(&state.db, &opened).await {
-        tracing::error!(parent: &span, error = ?error, "could not write the connection log row");
-    }
     state.metrics.connections_active.inc();
     let opened_at = Instant::now();
     let (sink, mut stream) = socket.split();
@@ -88,8 +87,11 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         lifetime: Lifetime::none(),
         close_at: None,
         early_pings: 0,
+        log_row: Some(opened),
     };
     let close = connection.run(&mut stream, closing, control).await;
+    // A connection that ended before its `connection_ack` writes its row now.
+    let log_row = connection.log_row.take();
     // Dropping the connection releases the outbox (its operations were aborted when `run`
     // returned) and its registry slots, so the writer ends once it has sent the close frame.
     drop(connection);
@@ -125,9 +127,10 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         .with_label_values(&[&label])
         .inc();
     tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
-    if let Err(error) = connlog::closed(&state.db, &id, close.code, &close.reason).await {
-        tracing::error!(parent: &span, error = ?error, "could not complete the connection log row");
+    if let Some(row) = log_row {
+        state.connection_log.opened(row);
     }
+    state.connection_log.closed(&id, close.code, &close.reason);
 }
 
 pub(super) struct Connection {
@@ -147,6 +150,9 @@ pub(super) struct Connection {
     pub(super) lifetime: Lifetime,
     /// A close announced by a notice, due after `NOTICE_GRACE`.
     pub(super) close_at: Option<(Instant, Close)>,
+    /// The connection-log row, held until `connection_ack` (or the close, for a connection that
+    /// never got one) so that it is written once, with its user, instead of written and updated.
+    pub(super) log_row: Option<connlog::Opened>,
     /// Pings answered before `connection_ack`, bounded by `PINGS_BEFORE_ACK`.
     pub(super) early_pings: u32,
 }
@@ -166,7 +172,17 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         let mut awaiting_pong: Option<Instant> = None;
         let mut operations = Operations::new(connections.max_operations as usize);
+        // On shutdown this connection waits its own random share of `server.drain_period` before
+        // closing, so an instance's clients do not all reconnect elsewhere in the same instant.
         let shutdown = self.state.shutdown.clone();
+        let drain = self.state.config.server.drain_period.get();
+        // Fused: once it fired, later turns of the loop find it pending instead of polling it again.
+        let draining = async move {
+            shutdown.cancelled().await;
+            sleep(drain.mul_f64(rand::random::<f64>())).await;
+        }
+        .fuse();
+        tokio::pin!(draining);
 
         loop {
             tokio::select! {
@@ -175,8 +191,9 @@ impl Connection {
                 biased;
                 // The writer is sending our close frame (or the outbox is gone): stop reading.
                 _ = closing.changed() => break,
-                // Server shutdown: every connection closes with 1001 so clients reconnect elsewhere.
-                _ = shutdown.cancelled() => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
+                // Server shutdown, once this connection's turn in the drain period came: it closes
+                // with 1001 so the client reconnects elsewhere.
+                _ = &mut draining => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
                 // A close announced by a notice or a final warning, now that it had time to arrive.
                 _ = Lifetime::until(self.close_at.as_ref().map(|(at, _)| *at)) => {
                     if let Some((_, close)) = self.close_at.take() {

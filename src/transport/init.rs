@@ -14,7 +14,6 @@ use super::protocol::{self, Close, code};
 use crate::audit::Severity;
 use crate::auth::session::Status;
 use crate::auth::{Identity, SessionError};
-use crate::connlog;
 use crate::registry::Refusal;
 
 impl Connection {
@@ -25,14 +24,13 @@ impl Connection {
                 "Too many initialisation requests",
             ));
         }
+        // The upgrade's headers serve this one authentication (and its audit row): an idle
+        // connection should not keep a copy of them.
+        let headers = std::mem::take(&mut self.peer.headers);
         let authenticated = self
             .state
             .auth
-            .connection(
-                payload.as_ref(),
-                &self.peer.headers,
-                self.peer.query_token.as_deref(),
-            )
+            .connection(payload.as_ref(), &headers, self.peer.query_token.as_deref())
             .await;
         let identity = match authenticated {
             Ok(identity) => identity.map(Arc::new),
@@ -51,7 +49,7 @@ impl Connection {
                         "cause": failure.cause(),
                         "detail": failure.to_string(),
                         "user_agent": self.peer.user_agent,
-                        "headers": sanitized(&self.peer.headers),
+                        "headers": sanitized(&headers),
                     }),
                 );
                 super::count(&self.state, "auth_failed");
@@ -115,10 +113,8 @@ impl Connection {
                 }
             }
             self.span.record("user_id", identity.user_id.as_str());
-            if let Err(error) =
-                connlog::identified(&self.state.db, &self.id, &identity.user_id).await
-            {
-                tracing::error!(parent: &self.span, error = ?error, "could not record the connection's user");
+            if let Some(row) = &mut self.log_row {
+                row.user_id = Some(identity.user_id.clone());
             }
             self.lifetime = Lifetime::of(
                 identity,
@@ -136,6 +132,9 @@ impl Connection {
         super::count(&self.state, "accepted");
         self.handle.set_identity(identity.clone());
         self.identity = Some(identity);
+        if let Some(row) = self.log_row.take() {
+            self.state.connection_log.opened(row);
+        }
         self.outbox.text(protocol::connection_ack());
     }
 

@@ -486,7 +486,7 @@ async fn a_slow_consumer_is_closed_while_another_subscriber_on_its_instance_gets
         assert_eq!(next_event(&mut fast).await["payload"]["n"], n);
     }
     drop((slow, fast));
-    let rows = crate::helpers::closed_connection_rows(&a.state.db).await;
+    let rows = a.closed_connection_rows().await;
     let codes: Vec<_> = rows.iter().map(|r| (r.0.as_deref(), r.3)).collect();
     assert!(codes.contains(&(Some("slow"), Some(4503))), "{codes:?}");
 }

@@ -1,8 +1,10 @@
 use futures_util::SinkExt;
+use palisade::connlog::{ConnectionLog, Opened};
+use palisade::db::Database;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::helpers::{closed_connection_rows, spawn_app};
+use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn every_connection_writes_a_log_row_with_who_how_and_how_it_ended() {
@@ -23,7 +25,7 @@ async fn every_connection_writes_a_log_row_with_who_how_and_how_it_ended() {
         .await;
     refused.closed().await;
 
-    let rows = closed_connection_rows(&app.state.db).await;
+    let rows = app.closed_connection_rows().await;
     assert_eq!(rows.len(), 2);
     assert_eq!(
         rows[0],
@@ -90,4 +92,58 @@ async fn audit_rows_that_cannot_be_written_are_counted_as_dropped_and_connection
     app.state.audit.flush().await;
     app.assert_metrics(&["palisade_audit_dropped_total 1"])
         .await;
+}
+
+/// (id, user_id, close_code, reason).
+type LoggedRow = (String, Option<String>, Option<i32>, Option<String>);
+
+/// Writes one connection's row and ending in one batch (a single insert) and another's in two
+/// (an insert, then an update), on `db`, and reads both back.
+async fn log_rows_survive_both_write_paths(db: Database) {
+    let log = ConnectionLog::start(db.clone(), prometheus::IntCounter::new("d", "d").unwrap());
+    let opened = |id: &str, user: Option<&str>| Opened {
+        id: id.into(),
+        ip: "127.0.0.1".into(),
+        user_agent: Some("agent".into()),
+        instance_id: "i".into(),
+        subprotocol: "graphql-transport-ws",
+        connected_at: chrono::Utc::now(),
+        user_id: user.map(Into::into),
+    };
+    log.opened(opened("together", Some("alice")));
+    log.closed("together", 1000, "Closed by client: bye");
+    log.opened(opened("apart", None));
+    log.flush().await;
+    log.closed("apart", 4403, "Forbidden");
+    log.flush().await;
+    let rows: Vec<LoggedRow> = palisade::on_pool!(&db, |pool| {
+        sqlx::query_as("SELECT id, user_id, close_code, reason FROM connection_log ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        rows,
+        [
+            ("apart".into(), None, Some(4403), Some("Forbidden".into())),
+            (
+                "together".into(),
+                Some("alice".into()),
+                Some(1000),
+                Some("Closed by client: bye".into())
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn connection_rows_are_written_whole_or_completed_later_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    log_rows_survive_both_write_paths(Database::connect(&url).await.unwrap()).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn connection_rows_are_written_whole_or_completed_later_on_postgres(pool: sqlx::PgPool) {
+    log_rows_survive_both_write_paths(Database::from_pg_pool(pool).await.unwrap()).await;
 }

@@ -75,9 +75,16 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
-    let mut app = spawn(DatabaseSource::Url(url.clone()), None, tweak, dir).await;
+    let mut app = spawn(DatabaseSource::Url(url.clone()), None, tweak, dir, false).await;
     app.database_url = Some(url);
     app
+}
+
+/// Spawns on defaults with the per-operation guard left out (`serve --unguarded`).
+pub async fn spawn_unguarded() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
+    spawn(DatabaseSource::Url(url), None, |_| {}, dir, true).await
 }
 
 /// Spawns from a hardening.yaml file (listening on port 0), so reloads of that file apply.
@@ -86,6 +93,7 @@ pub async fn spawn_app_from_file(path: &std::path::Path) -> TestApp {
     let url = format!("sqlite://{}", dir.path().join("palisade.db").display());
     let mut config = Config::load(path).expect("the test config is valid");
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.drain_period = palisade::config::units::Duration::secs(0);
     let secret = HmacSecret {
         bytes: TEST_SECRET.to_vec(),
         development: false,
@@ -98,6 +106,7 @@ pub async fn spawn_app_from_file(path: &std::path::Path) -> TestApp {
         jwt_secret: secret.clone(),
         session_secrets: Vec::new(),
         publish_key: None,
+        unguarded: false,
     };
     start(settings, secret, dir).await
 }
@@ -109,6 +118,7 @@ pub async fn spawn_app_on(db: Database, tweak: impl FnOnce(&mut Config)) -> Test
         None,
         tweak,
         tempfile::tempdir().expect("temp dir"),
+        false,
     )
     .await
 }
@@ -270,6 +280,7 @@ pub async fn spawn_app_with_redis(redis_url: &str, tweak: impl FnOnce(&mut Confi
         Some(redis_url.to_string()),
         tweak,
         dir,
+        false,
     )
     .await
 }
@@ -279,9 +290,12 @@ async fn spawn(
     redis_url: Option<String>,
     tweak: impl FnOnce(&mut Config),
     dir: tempfile::TempDir,
+    unguarded: bool,
 ) -> TestApp {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    // Tests stop servers often; the drain test sets its own period.
+    config.server.drain_period = palisade::config::units::Duration::secs(0);
     tweak(&mut config);
     let secret = HmacSecret {
         bytes: TEST_SECRET.to_vec(),
@@ -295,6 +309,7 @@ async fn spawn(
         jwt_secret: secret.clone(),
         session_secrets: vec![SESSION_SECRET.to_string()],
         publish_key: Some(PublishKey::new(PUBLISH_KEY)),
+        unguarded,
     };
     start(settings, secret, dir).await
 }
@@ -429,6 +444,23 @@ impl TestApp {
         }
     }
 
+    /// The connection log, oldest first, once every connection has ended (connections end
+    /// asynchronously after the client's close) and the log's queue is written.
+    pub async fn closed_connection_rows(&self) -> Vec<ConnectionRow> {
+        for _ in 0..300 {
+            if self.state.tracker.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            self.state.tracker.is_empty(),
+            "connections did not end in time"
+        );
+        self.state.connection_log.flush().await;
+        connection_rows(&self.state.db).await
+    }
+
     /// Signals shutdown, as SIGTERM would.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -512,20 +544,12 @@ impl WsClient {
 /// A connection-log row: (user_id, subprotocol, ip, close_code, reason).
 pub type ConnectionRow = (Option<String>, String, String, Option<i32>, Option<String>);
 
-/// The connection log, oldest first, once every row is closed out (connections end asynchronously
-/// after the client's close).
-pub async fn closed_connection_rows(db: &Database) -> Vec<ConnectionRow> {
-    for _ in 0..300 {
-        let rows: Vec<ConnectionRow> = palisade::on_pool!(db, |pool| {
-            sqlx::query_as("SELECT user_id, subprotocol, ip, close_code, reason FROM connection_log ORDER BY connected_at")
-                .fetch_all(pool)
-                .await
-                .unwrap()
-        });
-        if !rows.is_empty() && rows.iter().all(|r| r.3.is_some()) {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("connection rows were not closed out in time");
+/// The connection log, oldest first.
+pub async fn connection_rows(db: &Database) -> Vec<ConnectionRow> {
+    palisade::on_pool!(db, |pool| {
+        sqlx::query_as("SELECT user_id, subprotocol, ip, close_code, reason FROM connection_log ORDER BY connected_at")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    })
 }

@@ -303,7 +303,7 @@ async fn metrics_follow_messages_auth_failures_publishes_and_connection_lifetime
         json!({}),
     )
     .await;
-    crate::helpers::closed_connection_rows(&app.state.db).await;
+    app.closed_connection_rows().await;
     let text = app.metrics_text().await;
     let value = |name: &str| -> f64 {
         text.lines()
@@ -324,4 +324,31 @@ async fn metrics_follow_messages_auth_failures_publishes_and_connection_lifetime
     );
     assert_eq!(value("palisade_bus_publishes_total{result=\"ok\"}"), 1.0);
     assert_eq!(value("palisade_connection_duration_seconds_count"), 2.0);
+}
+
+#[tokio::test]
+async fn the_unguarded_benchmark_switch_takes_the_per_operation_guard_out_and_nothing_else() {
+    let sixteen_aliases = (0..16)
+        .map(|i| format!("a{i}: me {{ id }}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let query = format!("{{ {sixteen_aliases} }}");
+    let guarded = crate::helpers::spawn_app().await;
+    let refused = guarded.post("alice", &query, json!({})).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "MAX_ALIASES_LIMIT",
+        "{refused}"
+    );
+
+    let unguarded = crate::helpers::spawn_unguarded().await;
+    let answered = unguarded.post("alice", &query, json!({})).await;
+    assert!(answered["data"]["a15"]["id"].is_string(), "{answered}");
+    let response = reqwest::Client::new()
+        .post(unguarded.url("/graphql"))
+        .bearer_auth(unguarded.token("alice"))
+        .json(&json!({ "query": format!("{{ me {{ id }} }} # {}", "x".repeat(2 << 20)) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413, "the message-size bound stays on");
 }

@@ -88,7 +88,7 @@ async fn behind_a_trusted_proxy_each_client_ip_has_its_own_budget() {
         .await;
     assert_eq!(client.recv().await["type"], "connection_ack");
     drop(client);
-    let rows = crate::helpers::closed_connection_rows(&app.state.db).await;
+    let rows = app.closed_connection_rows().await;
     assert_eq!(
         rows[0].2, "203.0.113.50",
         "the connection log records the client, not the proxy"

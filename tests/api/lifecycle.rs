@@ -1,6 +1,6 @@
 use palisade::db::Database;
 
-use crate::helpers::{closed_connection_rows, spawn_app};
+use crate::helpers::{connection_rows, spawn_app};
 
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001_writes_their_rows_and_stops_listening() {
@@ -20,7 +20,7 @@ async fn shutdown_closes_websockets_with_1001_writes_their_rows_and_stops_listen
         "the listener is closed"
     );
     let db = Database::connect(&url).await.unwrap();
-    let rows = closed_connection_rows(&db).await;
+    let rows = connection_rows(&db).await;
     assert_eq!(
         rows.iter().map(|r| r.3).collect::<Vec<_>>(),
         [Some(1001), Some(1001)]
@@ -56,4 +56,36 @@ async fn an_http_request_in_flight_at_shutdown_is_finished_before_the_server_sto
         "{response}"
     );
     app.stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_spreads_websocket_closes_over_the_drain_period() {
+    use std::time::{Duration, Instant};
+    let mut app = crate::helpers::spawn_app_with(|c| {
+        c.server.drain_period = palisade::config::units::Duration::secs(2);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(app.ws_acked(&format!("user-{i}")).await);
+    }
+
+    let began = Instant::now();
+    app.begin_shutdown();
+    let closes = futures_util::future::join_all(clients.iter_mut().map(|client| async {
+        let close = client.closed().await;
+        (close.0, began.elapsed())
+    }))
+    .await;
+    app.stopped().await.unwrap();
+
+    assert!(closes.iter().all(|(code, _)| *code == 1001), "{closes:?}");
+    let first = closes.iter().map(|(_, at)| *at).min().unwrap();
+    let last = closes.iter().map(|(_, at)| *at).max().unwrap();
+    // Twenty closes drawn uniformly over 2 s all landing within 0.5 s of each other has a
+    // probability below 1e-10; all at once (no drain) lands them within milliseconds.
+    assert!(
+        last - first > Duration::from_millis(500),
+        "closes were not spread: {first:?}..{last:?}"
+    );
 }

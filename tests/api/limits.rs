@@ -61,7 +61,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer_without_slowin
     // A client that never reads cannot be handed a close frame either (its buffers are full); what
     // counts is that the server closed it as a slow consumer while the fast one kept up.
     drop((slow, fast));
-    let rows = crate::helpers::closed_connection_rows(&app.state.db).await;
+    let rows = app.closed_connection_rows().await;
     let codes: Vec<_> = rows.iter().map(|r| (r.0.as_deref(), r.3)).collect();
     assert!(codes.contains(&(Some("slow"), Some(4503))), "{codes:?}");
 }

@@ -10,7 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{closed_connection_rows, spawn_app_on};
+use crate::helpers::spawn_app_on;
 use crate::http::readyz_as_admin;
 
 #[sqlx::test(migrations = false)]
@@ -26,7 +26,7 @@ async fn on_postgres_connections_are_logged_and_readiness_is_green(pool: PgPool)
     let app = spawn_app_on(db, |_| {}).await;
     let client = app.ws_acked("pg-user").await;
     drop(client);
-    let rows = closed_connection_rows(&app.state.db).await;
+    let rows = app.closed_connection_rows().await;
     assert_eq!(rows[0].0.as_deref(), Some("pg-user"));
     let body: Value = readyz_as_admin(&app).await.json().await.unwrap();
     assert_eq!(body["checks"]["database"]["backend"], "postgres");

@@ -56,16 +56,27 @@ pub async fn idle(kind: Kind, steps: &[usize]) -> anyhow::Result<Idle> {
 #[derive(Debug, Serialize)]
 pub struct Connect {
     pub kind: String,
+    /// What Palisade wrote its rows to (the peers write none).
+    pub database: &'static str,
     pub connections: usize,
     pub seconds: f64,
     /// Upgrades per second, each with connection_init + token check + ack + subscribe.
     pub per_second: f64,
     pub failed: usize,
     pub server_cpu_seconds: f64,
+    /// Connection-log, presence-log and audit rows Palisade dropped (its writers fell behind or
+    /// the database failed).
+    pub log_rows_dropped: u64,
 }
 
-pub async fn connect(kind: Kind, connections: usize) -> anyhow::Result<Connect> {
-    let server = Server::start(kind, None).await?;
+/// Opens `connections` as fast as the server takes them; with `postgres`, Palisade runs on a fresh
+/// database of that PostgreSQL server instead of its SQLite default.
+pub async fn connect(
+    kind: Kind,
+    connections: usize,
+    postgres: Option<&str>,
+) -> anyhow::Result<Connect> {
+    let server = Server::start_on(kind, None, postgres).await?;
     let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
     let mut receivers = tokio::task::JoinSet::new();
@@ -83,12 +94,22 @@ pub async fn connect(kind: Kind, connections: usize) -> anyhow::Result<Connect> 
     let seconds = started.elapsed().as_secs_f64();
     let server_cpu_seconds = (server.cpu() - cpu).as_secs_f64();
     stop.cancel();
+    // The log writers drain after the burst; what they could not keep up with is dropped.
+    tokio::time::sleep(SETTLE).await;
+    let log_rows_dropped = server.metric_sum("log_dropped_total").await as u64
+        + server.metric_sum("audit_dropped_total").await as u64;
     Ok(Connect {
         kind: format!("{kind:?}"),
+        database: match (kind, postgres) {
+            (Kind::Bare | Kind::Node, _) => "none",
+            (_, Some(_)) => "postgres",
+            (_, None) => "sqlite",
+        },
         connections,
         seconds,
         per_second: (connections - failed) as f64 / seconds,
         failed,
         server_cpu_seconds,
+        log_rows_dropped,
     })
 }

@@ -4,6 +4,7 @@
 pub mod churn;
 pub mod deliver;
 pub mod idle;
+pub mod overhead;
 pub mod storm;
 
 use std::sync::Arc;

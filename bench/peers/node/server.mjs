@@ -13,7 +13,8 @@ const secret = process.env.PALISADE_JWT_SECRET ?? '';
 const schema = buildSchema(`
   scalar JSON
   type Event { id: ID! topic: String! type: String! payload: JSON }
-  type Query { serverInfo: String! }
+  type ServerInfo { version: String! instanceId: String! uptimeSeconds: Int! }
+  type Query { serverInfo: ServerInfo! }
   type Mutation { publish(topic: String!, type: String!, payload: JSON): Event! }
   type Subscription { events(topic: String!, after: ID): Event! }
 `);
@@ -47,7 +48,7 @@ function subscribe(topic) {
 }
 
 const roots = {
-  serverInfo: () => 'node-peer',
+  serverInfo: () => ({ version: '1', instanceId: 'node-peer', uptimeSeconds: Math.floor(process.uptime()) }),
   publish: ({ topic, type, payload }) => {
     const event = { id: `${nextId++}-0`, topic, type, payload };
     for (const push of topics.get(topic) ?? []) push(event);

@@ -187,7 +187,7 @@ async fn ipv6_clients_of_one_prefix_share_max_per_ip_and_the_connect_rate() {
         .await
         .unwrap();
     drop(held);
-    let rows = crate::helpers::closed_connection_rows(&app.state.db).await;
+    let rows = app.closed_connection_rows().await;
     assert_eq!(rows[0].2, "2001:db8:1:2::/64", "the log records the prefix");
 
     let app = spawn_app_with(|c| {

@@ -19,7 +19,7 @@ async fn a_60_kb_user_agent_is_stored_as_at_most_512_bytes() {
         .await;
     assert_eq!(client.recv().await["type"], "connection_ack");
     drop(client);
-    crate::helpers::closed_connection_rows(&app.state.db).await;
+    app.closed_connection_rows().await;
     let (stored,): (String,) = palisade::on_pool!(&app.state.db, |pool| {
         sqlx::query_as("SELECT user_agent FROM connection_log")
             .fetch_one(pool)
