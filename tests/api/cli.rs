@@ -186,3 +186,15 @@ fn the_production_example_passes_check_config_with_introspection_and_suggestions
     let config = palisade::config::Config::load(std::path::Path::new(path)).unwrap();
     assert!(!config.payload.introspection && !config.payload.field_suggestions);
 }
+
+#[test]
+fn check_config_refuses_a_drain_period_the_shutdown_grace_would_cut_short() {
+    let (ok, _, stderr) = check("server:\n  shutdown_grace: 10s\n  drain_period: 10s\n");
+    assert!(!ok);
+    assert!(
+        stderr.contains("server.drain_period: 10s must be shorter than server.shutdown_grace (10s)"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = check("server:\n  shutdown_grace: 10s\n  drain_period: 0s\n");
+    assert!(ok, "{stderr}");
+}
