@@ -92,9 +92,10 @@ impl Local {
         if self.pending_replace.remove(&member.handle.id).is_some() {
             member.handle.send(replaced());
         }
+        // Most users hold one connection: room for one, not the four a first push makes.
         self.per_user
             .entry(user.to_string())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(member);
     }
 

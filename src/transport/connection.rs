@@ -162,7 +162,7 @@ impl Connection {
         &mut self,
         stream: &mut SplitStream<WebSocket>,
         mut closing: watch::Receiver<Option<Close>>,
-        mut control: mpsc::Receiver<Control>,
+        mut control: mpsc::Receiver<Box<Control>>,
     ) -> Close {
         let connections = &self.state.config.connections;
         let init_deadline = sleep(self.state.config.auth.connection_init_timeout.get());
@@ -232,7 +232,7 @@ impl Connection {
                 // Session connections: was the user logged out, or is the session near expiry?
                 _ = self.lifetime.revalidation() => self.recheck_session().await,
                 // Other parts of the server (registry, revocation, refreshAuth) acting on us.
-                Some(message) = control.recv() => self.control(message),
+                Some(message) = control.recv() => self.control(*message),
                 // An operation task ended: free its slot (and close on a panic).
                 Some(close) = operations.reap() => {
                     tracing::error!(parent: &self.span, "an operation panicked");
