@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -298,6 +299,14 @@ impl Application {
         });
         let serve = |listener: TcpListener, router: Router| {
             let shutdown = shutdown.clone();
+            // Without TCP_NODELAY a second small frame (an operation's `complete` after its
+            // `next`, an event right after another) waits for the client's delayed ACK: 40 ms
+            // per query in the overhead benchmark.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
+                }
+            });
             tokio::spawn(async move {
                 axum::serve(
                     listener,

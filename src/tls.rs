@@ -51,6 +51,8 @@ pub fn serve(
         tls,
     )
     .context("starting TLS")?
+    // As on the plain listener: no Nagle delay between a `next` and its `complete`.
+    .map(|rustls| rustls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
     .handle(handle);
     Ok(tokio::spawn(server.serve(
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -12,6 +12,7 @@ use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, Graph
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 
@@ -172,7 +173,11 @@ async fn main() -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/graphql", get(websocket).post(http))
         .with_state((schema, Arc::new(secret.into_bytes())));
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    // TCP_NODELAY, as Palisade and the Node peer (`ws` sets it) do: without it a query's
+    // `complete` waits 40 ms for the client's delayed ACK, and the floor would measure that.
+    let listener = tokio::net::TcpListener::bind(&listen).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -28,14 +28,17 @@ fn memory_bus() -> Arc<dyn Bus> {
     Arc::new(MemoryBus::new(16, 16))
 }
 
-fn handle(id: &str) -> (ConnectionHandle, Receiver<Control>) {
+fn handle(id: &str) -> (ConnectionHandle, Receiver<Box<Control>>) {
     ConnectionHandle::new(id.into(), Default::default())
 }
 
 /// The close the connection was told about, waiting a little for it to arrive.
-async fn closed_with(rx: &mut Receiver<Control>) -> Option<(NoticeKind, u16)> {
+async fn closed_with(rx: &mut Receiver<Box<Control>>) -> Option<(NoticeKind, u16)> {
     match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-        Ok(Some(Control::Close { notice, close })) => Some((notice?.kind, close.code)),
+        Ok(Some(control)) => match *control {
+            Control::Close { notice, close } => Some((notice?.kind, close.code)),
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -192,7 +192,8 @@ fn check_config_refuses_a_drain_period_the_shutdown_grace_would_cut_short() {
     let (ok, _, stderr) = check("server:\n  shutdown_grace: 10s\n  drain_period: 10s\n");
     assert!(!ok);
     assert!(
-        stderr.contains("server.drain_period: 10s must be shorter than server.shutdown_grace (10s)"),
+        stderr
+            .contains("server.drain_period: 10s must be shorter than server.shutdown_grace (10s)"),
         "{stderr}"
     );
     let (ok, _, stderr) = check("server:\n  shutdown_grace: 10s\n  drain_period: 0s\n");
