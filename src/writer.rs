@@ -2,9 +2,10 @@
 //! into a bounded queue that one background task drains into the database, up to [`BATCH`] rows
 //! at a time and in as few statements as each table allows (a multi-row `INSERT`). During a
 //! connect burst the writer is one task among thousands and waits its turn at every await, so
-//! what bounds its throughput is statements per row, not the database. A full queue or a failed insert counts the row as dropped (each log has its own
-//! counter) instead of slowing the connection path. The audit trail, the connection log and the
-//! presence log all write through this.
+//! what bounds its throughput is statements per row, not the database. A full queue or a failed
+//! insert counts the row as dropped (each log has its own counter) instead of slowing the
+//! connection path. The audit trail, the connection log and the presence log all write through
+//! this.
 
 use std::future::Future;
 
@@ -15,14 +16,13 @@ use crate::db::Database;
 
 /// Rows written at a time. Large enough that a connect burst (a connection-log row and an audit
 /// row per connection) is a handful of statements; small enough that one statement holds
-/// SQLite's write lock for milliseconds, and that it stays
-/// far below either backend's limit on bound parameters (10 per row at most here; SQLite allows
-/// 32,766, PostgreSQL 65,535).
+/// SQLite's write lock for milliseconds, and that it stays far below either backend's limit on
+/// bound parameters (10 per row at most here; SQLite allows 32,766, PostgreSQL 65,535).
 pub const BATCH: usize = 1024;
 
 /// Bytes that one client-supplied string (a User-Agent, a header, a topic, an origin) may take in
-/// a log row. Together with [`QUEUE`] this bounds what a client can make the log queues hold, and
-/// keeps a 60 KB header from being stored 60 KB at a time.
+/// a log row. Together with each log's queue length this bounds what a client can make the log
+/// queues hold, and keeps a 60 KB header from being stored 60 KB at a time.
 pub const MAX_TEXT_BYTES: usize = 512;
 
 /// `text` cut to at most [`MAX_TEXT_BYTES`], at a UTF-8 character boundary. Every string a log

@@ -24,6 +24,11 @@ pub const CONNECT_CONCURRENCY: usize = 128;
 /// Publishes in flight at once when publishing as fast as the server answers.
 const PUBLISH_WINDOW: usize = 16;
 
+/// Publishes in flight at most when paced: a saturated server answers late, and a publisher that
+/// kept its pace regardless would pass `connections.max_operations` (100) and be refused. Past
+/// this the pace slips, and the run reports the rate it achieved.
+const PACED_WINDOW: usize = 64;
+
 /// One connection in this many records latency: enough samples, a bounded cost.
 const LATENCY_SAMPLE: usize = 10;
 
@@ -106,7 +111,10 @@ pub async fn publish(server: &Server, publishing: &Publishing<'_>) -> anyhow::Re
     )
     .await?;
     let (mut tx, mut rx) = ws.split();
-    let window = Arc::new(tokio::sync::Semaphore::new(PUBLISH_WINDOW));
+    let window = Arc::new(tokio::sync::Semaphore::new(match publishing.rate {
+        Some(_) => PACED_WINDOW,
+        None => PUBLISH_WINDOW,
+    }));
     // Reads the answers, freeing a window slot per `complete`; a refusal ends the run.
     let answers = {
         let window = window.clone();
@@ -132,12 +140,10 @@ pub async fn publish(server: &Server, publishing: &Publishing<'_>) -> anyhow::Re
         .rate
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r.max(1)))));
     for n in 0..events {
-        match &mut pace {
-            Some(interval) => {
-                interval.tick().await;
-            }
-            None => window.acquire().await?.forget(),
+        if let Some(interval) = &mut pace {
+            interval.tick().await;
         }
+        window.acquire().await?.forget();
         let frame = serde_json::json!({
             "id": format!("p{n}"),
             "type": "subscribe",
