@@ -325,14 +325,15 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
         "",
         "0",
     );
-    let lost: u64 = m
-        .iter()
-        .flat_map(|x| x.fanout.iter().chain(&x.paced))
-        .map(|d| d.lost)
-        .sum();
+    row(
+        "events lost over the six single-topic fan-out runs",
+        &|x| x.fanout.iter().chain(&x.paced).map(|d| d.lost).sum::<u64>() as f64,
+        "",
+        "0",
+    );
     let _ = writeln!(
         md,
-        "\nLost events over all fan-out runs: {lost}. Peers ignore `after`, so the storm's lost events for them are what a client of a stock server misses while it reconnects.\n"
+        "\nPeers ignore `after`, so the storm's lost events for them are what a client of a stock server misses while it reconnects.\n"
     );
     if let Some(pg) = connect_postgres {
         let _ = writeln!(
