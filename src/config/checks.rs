@@ -150,15 +150,6 @@ pub(super) fn cross_field(config: &Config) -> Vec<(String, String)> {
             config.streams.replay_limit, config.streams.maxlen
         ),
     );
-    let server = &config.server;
-    check(
-        server.drain_period.get().is_zero() || server.drain_period < server.shutdown_grace,
-        "server.drain_period",
-        format!(
-            "{} must be shorter than server.shutdown_grace ({}): connections still waiting for their turn when the grace ends are dropped without a close frame",
-            server.drain_period, server.shutdown_grace
-        ),
-    );
     check(
         config.server.admin_listen != Some(config.server.listen),
         "server.admin_listen",

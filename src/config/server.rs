@@ -33,8 +33,9 @@ pub struct Server {
     /// Over how long a shutdown spreads the closing of WebSockets: each connection closes with
     /// 1001 at its own random moment within the period, so the clients of a stopping instance
     /// reconnect to the others a few at a time instead of all in the same second. Default `10s`;
-    /// `0s` closes them all at once. Must be shorter than `shutdown_grace`, which the spread counts
-    /// against. Read at startup.
+    /// `0s` closes them all at once. The spread counts against `shutdown_grace`, so at most half
+    /// of it is used (a `shutdown_grace: 2s` spreads over 1s), leaving the last connections time
+    /// to send their close and write their rows. Read at startup.
     #[validate(range(max = Duration::mins(10)))]
     pub drain_period: Duration,
     /// Reverse proxies (addresses like `10.0.0.5` or networks like `10.0.0.0/8`) whose
@@ -60,6 +61,14 @@ pub struct Tls {
     pub cert: PathBuf,
     /// Private key (PEM, PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+}
+
+impl Server {
+    /// The period closes are actually spread over: `drain_period`, but at most half of
+    /// `shutdown_grace`.
+    pub fn drain(&self) -> std::time::Duration {
+        self.drain_period.get().min(self.shutdown_grace.get() / 2)
+    }
 }
 
 impl Default for Server {
@@ -273,5 +282,20 @@ impl Default for Session {
             refresh_within: Duration::secs(300),
             expose_claims: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_are_spread_over_the_drain_period_but_at_most_half_the_shutdown_grace() {
+        let mut server = Server::default();
+        assert_eq!(server.drain(), std::time::Duration::from_secs(10));
+        server.shutdown_grace = Duration::secs(2);
+        assert_eq!(server.drain(), std::time::Duration::from_secs(1));
+        server.drain_period = Duration::secs(0);
+        assert_eq!(server.drain(), std::time::Duration::ZERO);
     }
 }

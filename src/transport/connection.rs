@@ -175,7 +175,7 @@ impl Connection {
         // On shutdown this connection waits its own random share of `server.drain_period` before
         // closing, so an instance's clients do not all reconnect elsewhere in the same instant.
         let shutdown = self.state.shutdown.clone();
-        let drain = self.state.config.server.drain_period.get();
+        let drain = self.state.config.server.drain();
         // Fused: once it fired, later turns of the loop find it pending instead of polling it again.
         let draining = async move {
             shutdown.cancelled().await;
