@@ -124,7 +124,7 @@ impl Row for Recorded {
     const TABLE: &'static str = "audit_log";
 
     async fn write(rows: &[Self], db: &Database) -> anyhow::Result<()> {
-        on_pool!(db, |conn| {
+        on_pool!(db, |pool| {
             sqlx::QueryBuilder::new(
                 "INSERT INTO audit_log (action, severity, user_id, connection_id, ip, metadata, created_at) ",
             )
@@ -139,7 +139,7 @@ impl Row for Recorded {
                     .push_bind(at);
             })
             .build()
-            .execute(conn)
+            .execute(pool)
             .await
             .map(drop)
         })?;

@@ -18,7 +18,7 @@ use crate::db::Database;
 /// row per connection) is a handful of statements; small enough that one statement holds
 /// SQLite's write lock for milliseconds, and that it stays far below either backend's limit on
 /// bound parameters (10 per row at most here; SQLite allows 32,766, PostgreSQL 65,535).
-pub const BATCH: usize = 1024;
+const BATCH: usize = 1024;
 
 /// Bytes that one client-supplied string (a User-Agent, a header, a topic, an origin) may take in
 /// a log row. Together with each log's queue length this bounds what a client can make the log

@@ -24,6 +24,13 @@ pub enum Kind {
     Node,
 }
 
+impl Kind {
+    /// Palisade, guarded or not: the kinds with a database, metrics and a Redis mode.
+    pub fn is_palisade(self) -> bool {
+        matches!(self, Kind::Palisade | Kind::PalisadeOpen)
+    }
+}
+
 /// A shared Redis for the Palisade instances of one run, under a key prefix of the run's own.
 #[derive(Clone, Debug)]
 pub struct Redis {
@@ -167,8 +174,8 @@ impl Server {
         Self::start_on(kind, redis, None).await
     }
 
-    /// [`Server::start`], with Palisade on a fresh database of the PostgreSQL server whose
-    /// `postgres` database `postgres` names (unset: a SQLite file, the default).
+    /// [`Server::start`], with Palisade on a fresh database created through `postgres`, the URL
+    /// of a PostgreSQL server's `postgres` database (unset: a SQLite file, the default).
     pub async fn start_on(
         kind: Kind,
         redis: Option<&Redis>,
@@ -176,9 +183,7 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let database = match postgres {
-            Some(admin) if matches!(kind, Kind::Palisade | Kind::PalisadeOpen) => {
-                Some(FreshDatabase::create(admin).await?)
-            }
+            Some(admin) if kind.is_palisade() => Some(FreshDatabase::create(admin).await?),
             _ => None,
         };
         let port = free_port()?;
@@ -255,10 +260,10 @@ impl Server {
         bail!("{:?} did not listen on {port} within 30 s", self.kind)
     }
 
-    /// The sum of Palisade's `/metrics` samples whose name ends with `suffix` (0 for the peers,
-    /// which have no metrics).
-    pub async fn metric_sum(&self, suffix: &str) -> f64 {
-        if !matches!(self.kind, Kind::Palisade | Kind::PalisadeOpen) {
+    /// The sum of Palisade's `/metrics` samples whose name ends with one of `suffixes`, from one
+    /// scrape (0 for the peers, which have no metrics).
+    pub async fn metric_sum(&self, suffixes: &[&str]) -> f64 {
+        if !self.kind.is_palisade() {
             return 0.0;
         }
         let address = self
@@ -286,7 +291,10 @@ impl Server {
         body.lines()
             .filter(|line| !line.starts_with('#'))
             .filter_map(|line| line.split_once(' '))
-            .filter(|(name, _)| name.split('{').next().is_some_and(|n| n.ends_with(suffix)))
+            .filter(|(name, _)| {
+                let name = name.split('{').next().unwrap_or_default();
+                suffixes.iter().any(|suffix| name.ends_with(suffix))
+            })
             .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
             .sum()
     }

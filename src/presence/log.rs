@@ -34,7 +34,7 @@ impl Row for LogRow {
     const TABLE: &'static str = "presence_log";
 
     async fn write(rows: &[Self], db: &Database) -> anyhow::Result<()> {
-        on_pool!(db, |conn| {
+        on_pool!(db, |pool| {
             sqlx::QueryBuilder::new(
                 "INSERT INTO presence_log (user_id, topic, connection_id, instance_id, status, at) ",
             )
@@ -52,7 +52,7 @@ impl Row for LogRow {
                     .push_bind(row.at);
             })
             .build()
-            .execute(conn)
+            .execute(pool)
             .await
             .map(drop)
         })?;

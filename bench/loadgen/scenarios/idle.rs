@@ -96,14 +96,15 @@ pub async fn connect(
     stop.cancel();
     // The log writers drain after the burst; what they could not keep up with is dropped.
     tokio::time::sleep(SETTLE).await;
-    let log_rows_dropped = server.metric_sum("log_dropped_total").await as u64
-        + server.metric_sum("audit_dropped_total").await as u64;
+    let log_rows_dropped = server
+        .metric_sum(&["log_dropped_total", "audit_dropped_total"])
+        .await as u64;
     Ok(Connect {
         kind: format!("{kind:?}"),
-        database: match (kind, postgres) {
-            (Kind::Bare | Kind::Node, _) => "none",
-            (_, Some(_)) => "postgres",
-            (_, None) => "sqlite",
+        database: match (kind.is_palisade(), postgres) {
+            (false, _) => "none",
+            (true, Some(_)) => "postgres",
+            (true, None) => "sqlite",
         },
         connections,
         seconds,
