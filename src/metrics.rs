@@ -64,6 +64,12 @@ pub struct Metrics {
     // What the bus and presence hold for clients (topics, replays, presence bookkeeping).
     /// Topics followed by this instance's subscribers now.
     pub topics_active: IntGauge,
+    /// Shared subscription executions running now: one per distinct document, operation and
+    /// variables followed here. At most one per subscription served, which a connection's
+    /// `connections.max_operations` bounds.
+    pub shared_subscriptions: IntGauge,
+    /// Operations served by a shared execution now.
+    pub shared_subscribers: IntGauge,
     /// Events the in-process bus keeps for resuming subscribers, over all topics (at most
     /// `streams.maxlen`); 0 with Redis, which keeps them itself.
     pub bus_retained_events: IntGauge,
@@ -294,6 +300,16 @@ impl Metrics {
                 r,
                 "topics_active",
                 "Topics followed by this instance's subscribers now",
+            ),
+            shared_subscriptions: gauge(
+                r,
+                "shared_subscriptions",
+                "Shared subscription executions running now, one per distinct document, operation and variables",
+            ),
+            shared_subscribers: gauge(
+                r,
+                "shared_subscribers",
+                "Subscriptions served by a shared execution now",
             ),
             bus_retained_events: gauge(
                 r,

@@ -6,12 +6,14 @@ mod connection;
 mod grant;
 mod observe;
 mod presence;
+mod share;
 mod types;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::{Context, ErrorExtensions, Schema};
+use futures_util::stream::BoxStream;
 
 use crate::audit::{Audit, Entry};
 use crate::auth::{Authenticator, Identity};
@@ -27,6 +29,8 @@ use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
 
 pub use grant::Ending;
+pub use share::Seat;
+use share::Shares;
 pub use types::Query;
 
 use async_graphql::{MergedObject, MergedSubscription};
@@ -162,17 +166,43 @@ impl Gate {
 /// Subscribes the caller to `topic` after checking its `subscribe` grant: events after `after`
 /// (an event id) are replayed first, and the connection is present on the topic while the
 /// returned stream runs. The stream ends, with a FORBIDDEN `error`, when the connection's new
-/// credentials no longer have the grant. Shared by every subscription that follows a topic.
+/// credentials no longer have the grant. Shared by every subscription that follows a topic; one
+/// that does not resume joins the shared execution of its document ([`share`]) when it can.
 pub async fn follow(
     ctx: &Context<'_>,
     topic: &str,
     after: Option<async_graphql::ID>,
-) -> async_graphql::Result<impl futures_util::Stream<Item = Delivery> + use<>> {
+) -> async_graphql::Result<BoxStream<'static, Delivery>> {
     let after = after
         .map(|id| id.parse::<EventId>())
         .transpose()
         .map_err(|e| Error::BadUserInput(e).extend())?;
+    if let Some(start) = ctx.data_opt::<share::Start>() {
+        // A group's own execution: each of its members was authorized, and is present, through
+        // its own operation.
+        let subscribed = subscribe(ctx, topic, None).await;
+        start.report(&subscribed);
+        return subscribed;
+    }
     authorize(ctx, topic, Action::Subscribe).await?;
+    let shared = match (share::seat(ctx), after) {
+        (Some(seat), None) => seat.join(ctx.data_unchecked::<Arc<Shares>>()).await,
+        _ => None,
+    };
+    let deliveries = match shared {
+        Some(joined) => joined?,
+        None => subscribe(ctx, topic, after).await?,
+    };
+    let present = presence::held(deliveries, presence::enter(ctx, topic).await);
+    Ok(grant::while_granted(ctx, topic, present))
+}
+
+/// The bus's deliveries of `topic`, replaying those after `after` first.
+async fn subscribe(
+    ctx: &Context<'_>,
+    topic: &str,
+    after: Option<EventId>,
+) -> async_graphql::Result<BoxStream<'static, Delivery>> {
     let bus = ctx.data_unchecked::<Arc<dyn Bus>>();
     // Held while the missed events are read back; they are handed over when `subscribe` returns.
     let replaying = match after {
@@ -192,8 +222,7 @@ pub async fn follow(
             BusError::Unavailable(_) => Error::BusUnavailable(e.into()).extend(),
         })?;
     drop(replaying);
-    let present = presence::held(deliveries, presence::enter(ctx, topic).await);
-    Ok(grant::while_granted(ctx, topic, present))
+    Ok(deliveries)
 }
 
 /// What resolvers reach through the schema data.
@@ -235,18 +264,32 @@ pub fn build(services: Services) -> AppSchema {
         audit: audit.clone(),
         operations,
     };
-    let mut builder = Schema::build(Query, Mutation::default(), Subscription::default())
-        .data(auth)
-        .data(bus)
-        .data(db)
-        .data(audit)
-        .data(instance)
-        .data(presence)
-        .data(Replays::new(&config.streams, &metrics))
-        .extension(observe::Observe(metrics))
-        // Depth and complexity are measured here but judged by the guard, which reports them
-        // with their own codes; this bound is only the parser's safety net.
-        .limit_recursive_depth(payload.max_input_nesting.max(payload.max_depth) as usize + 8);
+    let replays = Replays::new(&config.streams, &metrics);
+    let schema = || {
+        let mut builder = Schema::build(Query, Mutation::default(), Subscription::default())
+            .data(auth.clone())
+            .data(bus.clone())
+            .data(db.clone())
+            .data(audit.clone())
+            .data(instance.clone())
+            .data(presence.clone())
+            .data(replays.clone())
+            // Resolvers read the live configuration (topic rules, content policy), so reloads
+            // reach them.
+            .data(live.clone())
+            // Depth and complexity are measured here but judged by the guard, which reports them
+            // with their own codes; this bound is only the parser's safety net.
+            .limit_recursive_depth(payload.max_input_nesting.max(payload.max_depth) as usize + 8);
+        if !payload.introspection {
+            builder = builder.disable_introspection();
+        }
+        if !payload.field_suggestions {
+            builder = builder.disable_suggestions();
+        }
+        builder
+    };
+    let shares = Shares::new(schema().finish(), metrics.clone());
+    let mut builder = schema().data(shares).extension(observe::Observe(metrics));
     if unguarded {
         tracing::warn!(
             "running without the per-operation guard (--unguarded): no depth, complexity, alias, token, directive or budget limit applies"
@@ -254,14 +297,7 @@ pub fn build(services: Services) -> AppSchema {
     } else {
         builder = builder.extension(guard);
     }
-    if !payload.introspection {
-        builder = builder.disable_introspection();
-    }
-    if !payload.field_suggestions {
-        builder = builder.disable_suggestions();
-    }
-    // Resolvers read the live configuration (topic rules, content policy), so reloads reach them.
-    builder.data(live).finish()
+    builder.finish()
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.

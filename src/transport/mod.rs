@@ -9,7 +9,7 @@ mod frame;
 mod init;
 mod lifetime;
 mod operations;
-mod outbox;
+pub mod outbox;
 pub mod protocol;
 mod screen;
 

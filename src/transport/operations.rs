@@ -2,6 +2,7 @@
 //! `connections.max_operations`, and the task that executes one operation and forwards its results.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::{Request, Value};
@@ -10,7 +11,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 
 use super::outbox::Outbox;
 use super::protocol::{self, Close, code};
-use crate::graphql::{AppSchema, Ending};
+use crate::graphql::{AppSchema, Ending, Seat};
 
 /// Why an operation was not started.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,8 +24,8 @@ pub enum Refused {
 
 pub struct Operations {
     /// Running operations by client id. The generation tells a finished task from a newer one
-    /// that reused its id.
-    running: HashMap<String, (u64, AbortHandle)>,
+    /// that reused its id; the seat is its place in a shared subscription, if it takes one.
+    running: HashMap<String, Running>,
     /// Owns the tasks: dropping the table (the connection ended) aborts them all.
     tasks: JoinSet<(String, u64)>,
     next_generation: u64,
@@ -58,6 +59,8 @@ impl Operations {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
+        let seat = Seat::new(&request, protocol, &id, &outbox);
+        let request = request.data(seat.clone());
         let handle = self.tasks.spawn(run(
             schema,
             request,
@@ -66,7 +69,14 @@ impl Operations {
             generation,
             outbox,
         ));
-        self.running.insert(id, (generation, handle));
+        self.running.insert(
+            id,
+            Running {
+                generation,
+                handle,
+                seat,
+            },
+        );
         Ok(())
     }
 
@@ -74,14 +84,19 @@ impl Operations {
     pub fn is_running(&self, id: &str) -> bool {
         self.running
             .get(id)
-            .is_some_and(|(_, handle)| !handle.is_finished())
+            .is_some_and(|running| !running.handle.is_finished())
     }
 
-    /// Stops the operation `id` (client `complete`); false when none was running.
+    /// Stops the operation `id` (client `complete`); false when none was running. It leaves its
+    /// shared subscription here rather than when the aborted task is dropped, which happens later
+    /// on another thread: the id is free for reuse as soon as this returns.
     pub fn stop(&mut self, id: &str) -> bool {
         self.running
             .remove(id)
-            .map(|(_, handle)| handle.abort())
+            .map(|running| {
+                running.seat.leave();
+                running.handle.abort();
+            })
             .is_some()
     }
 
@@ -97,7 +112,11 @@ impl Operations {
     fn free(&mut self, finished: Result<(String, u64), JoinError>) -> Option<Close> {
         match finished {
             Ok((id, generation)) => {
-                if self.running.get(&id).is_some_and(|(g, _)| *g == generation) {
+                if self
+                    .running
+                    .get(&id)
+                    .is_some_and(|running| running.generation == generation)
+                {
                     self.running.remove(&id);
                 }
                 None
@@ -108,6 +127,12 @@ impl Operations {
             Err(_) => None,
         }
     }
+}
+
+struct Running {
+    generation: u64,
+    handle: AbortHandle,
+    seat: Arc<Seat>,
 }
 
 /// Runs until the operation's results are exhausted, the outbox refuses (the connection is
@@ -148,11 +173,20 @@ async fn run(
 mod tests {
     use super::*;
 
+    fn running(generation: u64, handle: AbortHandle) -> Running {
+        let seat = Seat::taken();
+        Running {
+            generation,
+            handle,
+            seat,
+        }
+    }
+
     #[tokio::test]
     async fn a_panicked_operation_closes_the_connection_with_4500() {
         let mut operations = Operations::new(4);
         let handle = operations.tasks.spawn(async { panic!("resolver bug") });
-        operations.running.insert("1".into(), (0, handle));
+        operations.running.insert("1".into(), running(0, handle));
         assert_eq!(
             operations.reap().await,
             Some(Close::new(4500, "Internal error"))
@@ -164,7 +198,7 @@ mod tests {
         let mut operations = Operations::new(4);
         operations.tasks.spawn(async { ("1".to_string(), 0) });
         let newer = tokio::spawn(std::future::pending::<()>()).abort_handle();
-        operations.running.insert("1".into(), (1, newer));
+        operations.running.insert("1".into(), running(1, newer));
         assert_eq!(operations.reap().await, None);
         assert!(
             operations.running.contains_key("1"),

@@ -137,12 +137,31 @@ pub fn pong(payload: Option<Value>) -> String {
     .to_string()
 }
 
-pub fn next(protocol: Protocols, id: &str, response: &Response) -> String {
-    let kind = match protocol {
+fn next_type(protocol: Protocols) -> &'static str {
+    match protocol {
         Protocols::GraphQLWS => "next",
         Protocols::SubscriptionsTransportWS => "data",
-    };
-    json!({ "id": id, "type": kind, "payload": response }).to_string()
+    }
+}
+
+pub fn next(protocol: Protocols, id: &str, response: &Response) -> String {
+    json!({ "id": id, "type": next_type(protocol), "payload": response }).to_string()
+}
+
+/// The opening of `id`'s `next` messages, up to their payload, for results serialized once and
+/// sent to many subscribers ([`next_frame`] completes it).
+pub fn next_opening(protocol: Protocols, id: &str) -> String {
+    let (id, kind) = (Value::from(id), next_type(protocol));
+    format!(r#"{{"id":{id},"type":"{kind}","payload":"#)
+}
+
+/// A `next` message: an opening from [`next_opening`] and a serialized result.
+pub fn next_frame(opening: &str, payload: &str) -> String {
+    let mut frame = String::with_capacity(opening.len() + payload.len() + 1);
+    frame.push_str(opening);
+    frame.push_str(payload);
+    frame.push('}');
+    frame
 }
 
 /// Errors that end an operation before it produced a result (parse, validation, limits).
@@ -187,6 +206,19 @@ mod tests {
         );
         assert!(close.reason.chars().all(|c| c == 'é'));
         assert_eq!(Close::new(1000, "bye").reason, "bye");
+    }
+
+    #[test]
+    fn a_next_built_from_a_shared_payload_equals_the_one_built_whole() {
+        let response = Response::new(async_graphql::Value::from_json(json!({ "a": 1 })).unwrap());
+        let payload = serde_json::to_string(&response).unwrap();
+        for protocol in [Protocols::GraphQLWS, Protocols::SubscriptionsTransportWS] {
+            let id = "an \"odd\" id";
+            let shared = next_frame(&next_opening(protocol, id), &payload);
+            let whole = next(protocol, id, &response);
+            let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+            assert_eq!(parse(&shared), parse(&whole));
+        }
     }
 
     #[test]

@@ -444,6 +444,19 @@ impl TestApp {
         }
     }
 
+    /// Waits until `/metrics` has each of `lines` exactly, for gauges that settle after a
+    /// message is answered (an aborted operation leaves its resources on another task).
+    pub async fn until_metrics(&self, lines: &[&str]) {
+        for _ in 0..100 {
+            let text = self.metrics_text().await;
+            if lines.iter().all(|line| text.lines().any(|l| l == *line)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.assert_metrics(lines).await;
+    }
+
     /// The connection log, oldest first, once every connection has ended (connections end
     /// asynchronously after the client's close) and the log's queue is written.
     pub async fn closed_connection_rows(&self) -> Vec<ConnectionRow> {
@@ -539,6 +552,39 @@ impl WsClient {
             .expect("the stream is open")
             .expect("the frame is valid")
     }
+}
+
+/// Publishes an event of type `kind` into `topic` as the service role.
+pub async fn publish_event(app: &TestApp, topic: &str, kind: &str) {
+    let answer = app
+        .post_as_service(
+            "mutation($t: String!, $k: String!) { publish(topic: $t, type: $k) { id } }",
+            json!({ "t": topic, "k": kind }),
+        )
+        .await;
+    assert!(answer["errors"].is_null(), "{answer}");
+}
+
+/// Waits until the subscriptions `ids` (on `topics`, pairwise) deliver, publishing a `ready`
+/// event on each until they do: a subscription is live only once its task has subscribed.
+pub async fn until_live(app: &TestApp, client: &mut WsClient, subscriptions: &[(&str, &str)]) {
+    let mut pending: Vec<&str> = subscriptions.iter().map(|(id, _)| *id).collect();
+    for _ in 0..50 {
+        for (id, topic) in subscriptions {
+            if pending.contains(id) {
+                publish_event(app, topic, "ready").await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(message) = tokio::time::timeout_at(deadline, client.recv()).await {
+            assert_eq!(message["type"], "next", "{message}");
+            pending.retain(|id| message["id"] != *id);
+        }
+        if pending.is_empty() {
+            return;
+        }
+    }
+    panic!("subscriptions {pending:?} never delivered");
 }
 
 /// A connection-log row: (user_id, subprotocol, ip, close_code, reason).

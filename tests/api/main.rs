@@ -28,5 +28,6 @@ mod retention;
 mod schema;
 mod serve;
 mod session;
+mod shared;
 mod tls;
 mod topics;

@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    SESSION_SECRET, TEST_SECRET, TestApp, WsClient, insert_session, spawn_app_on, spawn_app_with,
+    SESSION_SECRET, TEST_SECRET, TestApp, WsClient, insert_session, publish_event, spawn_app_on,
+    spawn_app_with, until_live,
 };
 
 /// A real HS256 token carrying exactly `claims`, for claims `TestApp::token_for` would overwrite
@@ -140,38 +141,6 @@ fn refresh(token: &str) -> Value {
         "variables": { "t": token } } })
 }
 
-async fn publish(app: &TestApp, topic: &str, kind: &str) {
-    let answer = app
-        .post_as_service(
-            "mutation($t: String!, $k: String!) { publish(topic: $t, type: $k) { id } }",
-            json!({ "t": topic, "k": kind }),
-        )
-        .await;
-    assert!(answer["errors"].is_null(), "{answer}");
-}
-
-/// Waits until the subscriptions `ids` (on `topics`, pairwise) deliver, publishing a `ready`
-/// event on each until they do: a subscription is live only once its task has subscribed.
-async fn until_live(app: &TestApp, client: &mut WsClient, subscriptions: &[(&str, &str)]) {
-    let mut pending: Vec<&str> = subscriptions.iter().map(|(id, _)| *id).collect();
-    for _ in 0..50 {
-        for (id, topic) in subscriptions {
-            if pending.contains(id) {
-                publish(app, topic, "ready").await;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        while let Ok(message) = tokio::time::timeout_at(deadline, client.recv()).await {
-            assert_eq!(message["type"], "next", "{message}");
-            pending.retain(|id| message["id"] != *id);
-        }
-        if pending.is_empty() {
-            return;
-        }
-    }
-    panic!("subscriptions {pending:?} never delivered");
-}
-
 /// Reads messages until the operation `id` ends, returning how (its final message), and the
 /// messages of other operations seen meanwhile.
 async fn until_ended(client: &mut WsClient, id: &str) -> (Value, Vec<Value>) {
@@ -215,8 +184,8 @@ async fn refresh_auth_ends_only_the_subscriptions_the_new_claims_no_longer_grant
     );
 
     // The workspace event reaches nobody; the user's own topic still delivers.
-    publish(&app, "workspace:acme:feed", "after-refresh").await;
-    publish(&app, "user:alice", "after-refresh").await;
+    publish_event(&app, "workspace:acme:feed", "after-refresh").await;
+    publish_event(&app, "user:alice", "after-refresh").await;
     loop {
         let message = client.recv().await;
         if message["id"] == "refresh" {
@@ -260,7 +229,7 @@ async fn a_session_connection_refreshed_with_a_token_becomes_a_token_connection(
             .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    publish(&app, "user:alice", "still-open").await;
+    publish_event(&app, "user:alice", "still-open").await;
     loop {
         let message = client.recv().await;
         if message["id"] == "mine" {
@@ -330,7 +299,7 @@ async fn a_session_re_check_replaces_the_claims_and_ends_the_subscriptions_they_
     );
     assert_eq!(refused["payload"][0]["extensions"]["code"], "FORBIDDEN");
 
-    publish(&app, "user:alice", "still-here").await;
+    publish_event(&app, "user:alice", "still-here").await;
     let event = client.recv().await;
     assert_eq!(event["id"], "mine", "{event}");
     assert_eq!(event["payload"]["data"]["events"]["type"], "still-here");
