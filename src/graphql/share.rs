@@ -1,10 +1,10 @@
 //! Shared execution of subscriptions. Subscribers that follow a topic with the same document,
 //! operation name and variables get the same results, so each such group runs one execution:
 //! every event is resolved and serialized once, and each member gets those bytes inside its own
-//! `next` envelope. A member still goes through everything an operation does: the guard counts it
-//! against its connection's budget and judges its document, its own `follow` checks its grant and
-//! makes it present, and it holds one of its connection's operation slots. What it no longer has
-//! is a resolver run per event.
+//! `next` envelope, joined only when its connection writes it. A member still goes through
+//! everything an operation does: the guard counts it against its connection's budget and judges
+//! its document, its own `follow` checks its grant and makes it present, and it holds one of its
+//! connection's operation slots. What it no longer has is a resolver run per event.
 //!
 //! The authorization scope of a result is the topic grant alone: `events` and `messages` return
 //! the event's own fields, and none of them reads who is asking. Each member's grant was checked
@@ -103,7 +103,7 @@ struct Members {
 struct Member {
     outbox: Outbox,
     /// The member's `next` envelope up to its payload, built once at the join.
-    opening: String,
+    opening: Arc<str>,
 }
 
 #[derive(Clone)]
@@ -244,7 +244,7 @@ impl Shares {
             variables,
         };
         let mut member = Member {
-            opening: protocol::next_opening(open.protocol, &open.id),
+            opening: protocol::next_opening(open.protocol, &open.id).into(),
             outbox: open.outbox,
         };
         let mut groups = lock(&self.groups);
@@ -310,7 +310,7 @@ impl Shares {
                 break;
             }
             match serde_json::to_string(&response) {
-                Ok(payload) => group.send(&payload),
+                Ok(payload) => group.send(&payload.into()),
                 Err(error) => {
                     tracing::error!(%error, "a shared subscription result did not serialize")
                 }
@@ -367,11 +367,9 @@ impl Group {
 
     /// Hands one result to every member. A member whose connection is closing refuses it; its
     /// operation is being aborted and leaves soon.
-    fn send(&self, payload: &str) {
+    fn send(&self, payload: &Arc<str>) {
         for member in lock(&self.members).by_id.values() {
-            member
-                .outbox
-                .text(protocol::next_frame(&member.opening, payload));
+            member.outbox.next(&member.opening, payload);
         }
     }
 }

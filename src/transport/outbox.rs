@@ -15,16 +15,52 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{Close, code};
+use super::protocol::{self, Close, code};
 use crate::config::Connections;
 use crate::metrics::Metrics;
 
 /// How long a close frame may take to reach a client that is no longer reading.
 const CLOSE_FLUSH: Duration = Duration::from_secs(3);
 
+/// What the queue holds: a message, or a shared subscription's result, kept as the two parts
+/// every subscriber of its group shares and joined only when written. A backlog of results then
+/// costs two reference counts a message instead of a copy of each.
+enum Outgoing {
+    Message(Message),
+    Next {
+        opening: Arc<str>,
+        payload: Arc<str>,
+    },
+}
+
+impl Outgoing {
+    /// What it costs against `connections.send_queue_bytes`: the bytes it is written as.
+    fn size(&self) -> usize {
+        match self {
+            Outgoing::Message(Message::Text(text)) => text.len(),
+            Outgoing::Message(
+                Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes),
+            ) => bytes.len(),
+            Outgoing::Message(Message::Close(frame)) => {
+                frame.as_ref().map_or(0, |f| 2 + f.reason.len())
+            }
+            Outgoing::Next { opening, payload } => opening.len() + payload.len() + 1,
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Outgoing::Message(message) => message,
+            Outgoing::Next { opening, payload } => {
+                Message::Text(protocol::next_frame(&opening, &payload).into())
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Outbox {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Outgoing>,
     close: watch::Sender<Option<Close>>,
     /// Bytes queued and not yet written: reserved by `push` before a message enters the queue,
     /// released by the writer once the socket took it. Shared by every clone, so operations
@@ -75,7 +111,20 @@ impl Outbox {
     /// Queues a message; false when the connection is closing. A queue full in messages or in
     /// bytes closes the connection as a slow consumer.
     pub fn push(&self, message: Message) -> bool {
-        let size = size_of(&message);
+        self.queue_up(Outgoing::Message(message))
+    }
+
+    /// Queues a `next` message of a shared result: `opening` from [`protocol::next_opening`],
+    /// `payload` the serialized result. Bounded like [`Outbox::push`].
+    pub fn next(&self, opening: &Arc<str>, payload: &Arc<str>) -> bool {
+        self.queue_up(Outgoing::Next {
+            opening: opening.clone(),
+            payload: payload.clone(),
+        })
+    }
+
+    fn queue_up(&self, message: Outgoing) -> bool {
+        let size = message.size();
         let reserved = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
@@ -121,18 +170,9 @@ impl Outbox {
     }
 }
 
-/// What a message costs in the queue: its payload bytes, whatever its kind.
-fn size_of(message: &Message) -> usize {
-    match message {
-        Message::Text(text) => text.len(),
-        Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
-        Message::Close(frame) => frame.as_ref().map_or(0, |f| 2 + f.reason.len()),
-    }
-}
-
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
     mut close: watch::Receiver<Option<Close>>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
@@ -146,7 +186,8 @@ async fn write_loop(
             _ = close.changed() => break,
             message = queue.recv() => {
                 let Some(message) = message else { break };
-                let reserved = size_of(&message);
+                let reserved = message.size();
+                let message = message.into_message();
                 // Data messages are counted; pings and the like are not.
                 let data = matches!(message, Message::Text(_) | Message::Binary(_));
                 tokio::select! {
@@ -180,7 +221,7 @@ async fn write_loop(
         // except to a slow consumer, whose backlog is the problem.
         if decided.code != code::SLOW_CONSUMER {
             while let Ok(message) = queue.try_recv() {
-                if sink.send(message).await.is_err() {
+                if sink.send(message.into_message()).await.is_err() {
                     return;
                 }
             }
