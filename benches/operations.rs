@@ -159,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let bare = Schema::build(Query, Mutation::default(), Subscription::default())
         .data(instance)
         .data(bus)
+        .data(live.clone())
         .finish();
     let caller = caller(&live);
 
