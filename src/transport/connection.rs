@@ -230,7 +230,9 @@ impl Connection {
                     self.outbox.close(Close::new(code::FORBIDDEN, "Token expired"));
                 }
                 // Session connections: was the user logged out, or is the session near expiry?
-                _ = self.lifetime.revalidation() => self.recheck_session().await,
+                // Boxed, like `init`: awaited rarely, their database futures would otherwise
+                // size every connection's task for its whole life.
+                _ = self.lifetime.revalidation() => Box::pin(self.recheck_session()).await,
                 // Other parts of the server (registry, revocation, refreshAuth) acting on us.
                 Some(message) = control.recv() => self.control(*message),
                 // An operation task ended: free its slot (and close on a panic).
@@ -281,7 +283,7 @@ impl Connection {
                 .close(Close::new(code::BAD_REQUEST, "Invalid message received"));
         };
         match message {
-            ClientMessage::ConnectionInit { payload } => self.init(payload).await,
+            ClientMessage::ConnectionInit { payload } => Box::pin(self.init(payload)).await,
             ClientMessage::Start { id, payload } => self.start(id, payload, operations),
             ClientMessage::Stop { id } => {
                 // Only the legacy protocol confirms a stop.
