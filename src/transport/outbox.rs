@@ -170,6 +170,58 @@ impl Outbox {
     }
 }
 
+/// Writes queued messages until a close is decided or the outbox is dropped; false when the
+/// socket failed, and nothing more can be sent on it.
+async fn forward(
+    sink: &mut SplitSink<WebSocket, Message>,
+    queue: &mut mpsc::Receiver<Outgoing>,
+    close: &mut watch::Receiver<Option<Close>>,
+    queued: &AtomicUsize,
+    metrics: &Metrics,
+) -> bool {
+    // One wait for the close decision serves the whole loop: a new one per message registered
+    // and removed a waiter each time, a measurable share of a fan-out's CPU.
+    let decision = close.changed();
+    tokio::pin!(decision);
+    let out = ["out"];
+    let (messages, bytes) = (
+        metrics.ws_messages.with_label_values(&out),
+        metrics.ws_bytes.with_label_values(&out),
+    );
+    loop {
+        // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
+        // reading must not delay the close beyond CLOSE_FLUSH. The decision also resolves when the
+        // outbox is dropped, which ends the loop like an exhausted queue does.
+        let message = tokio::select! {
+            biased;
+            _ = &mut decision => return true,
+            message = queue.recv() => message,
+        };
+        let Some(message) = message else {
+            return true;
+        };
+        let reserved = message.size();
+        let message = message.into_message();
+        // Data messages are counted; pings and the like are not.
+        let data = matches!(message, Message::Text(_) | Message::Binary(_));
+        tokio::select! {
+            biased;
+            _ = &mut decision => return true,
+            sent = sink.send(message) => {
+                if sent.is_err() {
+                    return false;
+                }
+                // Written: the socket's own buffer (`max_write_buffer_size`) holds it now.
+                queued.fetch_sub(reserved, Ordering::AcqRel);
+                if data {
+                    messages.inc();
+                    bytes.inc_by(reserved as u64);
+                }
+            }
+        }
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -177,47 +229,8 @@ async fn write_loop(
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
-    {
-        // One wait for the close decision serves the whole loop: a new one per message registered
-        // and removed a waiter each time, a measurable share of a fan-out's CPU.
-        let decision = close.changed();
-        tokio::pin!(decision);
-        let out = ["out"];
-        let (messages, bytes) = (
-            metrics.ws_messages.with_label_values(&out),
-            metrics.ws_bytes.with_label_values(&out),
-        );
-        loop {
-            // `biased`: a close decision preempts the queue, and a send stuck on a client that
-            // stopped reading must not delay the close beyond CLOSE_FLUSH. The decision also
-            // resolves when the outbox is dropped, which ends the loop like an exhausted queue.
-            tokio::select! {
-                biased;
-                _ = &mut decision => break,
-                message = queue.recv() => {
-                    let Some(message) = message else { break };
-                    let reserved = message.size();
-                    let message = message.into_message();
-                    // Data messages are counted; pings and the like are not.
-                    let data = matches!(message, Message::Text(_) | Message::Binary(_));
-                    tokio::select! {
-                        biased;
-                        _ = &mut decision => break,
-                        sent = sink.send(message) => {
-                            if sent.is_err() {
-                                return;
-                            }
-                            // Written: the socket's own buffer (`max_write_buffer_size`) holds it.
-                            queued.fetch_sub(reserved, Ordering::AcqRel);
-                            if data {
-                                messages.inc();
-                                bytes.inc_by(reserved as u64);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    if !forward(&mut sink, &mut queue, &mut close, &queued, &metrics).await {
+        return;
     }
     let decided = close.borrow().clone();
     let finish = async {
