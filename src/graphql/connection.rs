@@ -104,14 +104,17 @@ pub struct ConnectionSubscription;
 
 #[Subscription]
 impl ConnectionSubscription {
-    /// Notices about this connection: `TOKEN_EXPIRING` before the token expires, and
+    /// Notices about this connection: `TOKEN_EXPIRING` before the token expires (at once, if that
+    /// time has already come when subscribing and the token was not refreshed), and
     /// `SESSION_EXPIRED`, `REPLACED` or `REVOKED` just before the server closes it.
     async fn connection_notices(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = ConnectionNotice> + use<>> {
         let (_, handle) = connection(ctx)?;
-        Ok(newest::<_, ConnectionNotice>(handle.notices()).boxed())
+        let (standing, rx) = handle.notices();
+        let standing = futures_util::stream::iter(standing.map(ConnectionNotice::from));
+        Ok(standing.chain(newest::<_, ConnectionNotice>(rx)).boxed())
     }
 
     /// Warnings about this connection's operation budget: one per window when the count reaches

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::protocol::Close;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::auth::Identity;
 use crate::config::LiveConfig;
@@ -66,6 +66,19 @@ pub enum Control {
     Refresh(Arc<Identity>),
 }
 
+/// Where a connection's notices go.
+#[derive(Debug, Default)]
+struct Notices {
+    /// Made by the first `connectionNotices` subscriber: a broadcast channel allocates all its
+    /// slots up front (~1.6 KiB), and most connections never listen.
+    sender: OnceLock<broadcast::Sender<Notice>>,
+    /// The `TOKEN_EXPIRING` notice while it still holds (until new credentials replace the
+    /// token), so a client that subscribes after it was sent still learns its connection is
+    /// about to close. Its lock also orders `notify` against `subscribe`: a subscriber gets a
+    /// standing notice either from here or from the channel, never from both or neither.
+    standing: Mutex<Option<Notice>>,
+}
+
 /// A cheap handle to one connection, held by the registry and by the connection's operations.
 #[derive(Clone, Debug)]
 pub struct ConnectionHandle {
@@ -75,10 +88,7 @@ pub struct ConnectionHandle {
     /// Boxed: a channel allocates room for 32 messages up front, and a `Control` is ~90 bytes,
     /// so boxing saves each idle connection ~2.5 KiB.
     control: mpsc::Sender<Box<Control>>,
-    /// Made by the first `connectionNotices` subscriber: a broadcast channel allocates all its
-    /// slots up front (~1.6 KiB), and most connections never listen. Before then there is no
-    /// receiver, so a notice would be dropped anyway.
-    notices: Arc<OnceLock<broadcast::Sender<Notice>>>,
+    notices: Arc<Notices>,
     /// Who the connection is authenticated as now (`None` before `connection_init` and when
     /// anonymous). The connection replaces it on `refreshAuth` and on a session re-check that finds
     /// other claims; every subscription that follows a topic watches it and re-checks its grant.
@@ -110,16 +120,38 @@ impl ConnectionHandle {
     }
 
     pub fn notify(&self, notice: Notice) {
-        // No subscriber is fine: the client chose not to listen.
-        if let Some(notices) = self.notices.get() {
-            let _ = notices.send(notice);
+        let mut standing = self.standing();
+        if notice.kind == NoticeKind::TokenExpiring {
+            *standing = Some(notice.clone());
+        }
+        // No subscriber is fine: the client chose not to listen (yet, for a standing notice).
+        if let Some(sender) = self.notices.sender.get() {
+            let _ = sender.send(notice);
         }
     }
 
-    pub fn notices(&self) -> broadcast::Receiver<Notice> {
-        self.notices
+    /// The standing notice, if any, and what is notified from now on.
+    pub fn notices(&self) -> (Option<Notice>, broadcast::Receiver<Notice>) {
+        let standing = self.standing();
+        let receiver = self
+            .notices
+            .sender
             .get_or_init(|| broadcast::channel(NOTICE_BUFFER).0)
-            .subscribe()
+            .subscribe();
+        (standing.clone(), receiver)
+    }
+
+    /// New credentials: an expiry notice about the old ones no longer holds.
+    pub fn withdraw_standing(&self) {
+        self.standing().take();
+    }
+
+    fn standing(&self) -> std::sync::MutexGuard<'_, Option<Notice>> {
+        // A panic while holding this lock cannot leave the `Option` half-written.
+        self.notices
+            .standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Follows who the connection is authenticated as.

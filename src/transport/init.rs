@@ -167,6 +167,7 @@ impl Connection {
             &self.state.config,
             &self.state.metrics.claims_bytes,
         );
+        self.handle.withdraw_standing();
         self.handle.set_identity(Some(identity.clone()));
         self.identity = Some(Some(identity));
     }

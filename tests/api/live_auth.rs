@@ -28,6 +28,41 @@ async fn an_expiring_token_gets_a_notice_then_the_connection_closes_at_exp() {
 }
 
 #[tokio::test]
+async fn a_client_that_subscribes_after_the_warning_still_gets_it_until_it_refreshes() {
+    let app = spawn_app_with(|c| {
+        c.auth.jwt.leeway = "0s".parse().unwrap();
+        c.auth.jwt.expiry_warning = "3s".parse().unwrap();
+    })
+    .await;
+    // `exp` is in whole seconds, so the warning is due within the first second.
+    let token = app.token_for("alice", Map::new(), Duration::from_secs(4));
+    let mut client = app.ws_acked_with(&token).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client
+        .send(json!({ "id": "late", "type": "subscribe", "payload": { "query": NOTICES } }))
+        .await;
+    let notice = client.recv().await;
+    assert_eq!(notice["id"], "late");
+    assert_eq!(
+        notice["payload"]["data"]["connectionNotices"]["kind"],
+        "TOKEN_EXPIRING"
+    );
+
+    let fresh = app.token_for("alice", Map::new(), Duration::from_secs(600));
+    client.send(json!({ "id": "r", "type": "subscribe", "payload": { "query": "mutation($t: String!) { refreshAuth(token: $t) { expiresAt } }", "variables": { "t": fresh } } })).await;
+    assert_eq!(client.recv().await["id"], "r");
+    assert_eq!(client.recv().await["type"], "complete");
+    // The refreshed connection has nothing standing: the next frame is the query's answer.
+    client
+        .send(json!({ "id": "after", "type": "subscribe", "payload": { "query": NOTICES } }))
+        .await;
+    client
+        .send(json!({ "id": "q", "type": "subscribe", "payload": { "query": "{ __typename }" } }))
+        .await;
+    assert_eq!(client.recv().await["id"], "q");
+}
+
+#[tokio::test]
 async fn refresh_auth_keeps_the_connection_and_its_subscriptions_past_the_old_expiry() {
     let app = spawn_app_with(|c| {
         c.auth.jwt.leeway = "0s".parse().unwrap();
