@@ -2,7 +2,9 @@
 //! authorized under the identity its connection had when it started; when the connection's identity
 //! changes (`refreshAuth`, or a session re-check that found other claims), it checks its grant
 //! again under the new one, and ends with a FORBIDDEN `error` on its id when the grant is gone.
-//! Subscriptions whose grant holds keep running untouched. A grant that cannot be checked (the
+//! Subscriptions whose grant holds keep running untouched. A parked member of a shared
+//! subscription has no stream to watch with: its connection re-checks it (`share::recheck_parked`)
+//! with the same [`Regrant`]. A grant that cannot be checked (the
 //! database behind a `member` grant is down) is not kept either: the subscription ends with
 //! INTERNAL_SERVER_ERROR, as it would have been refused at its start.
 
@@ -61,20 +63,53 @@ pub(super) fn while_granted<T: Send + 'static>(
         stream: stream.boxed(),
         identity,
         watching: true,
-        gate: Gate::of(ctx),
-        topic: topic.to_string(),
+        regrant: Regrant::of(ctx, topic),
         ending: ctx.data_opt::<Ending>().cloned(),
-        pos: ctx.item.pos,
-        field: ctx.item.node.response_key().node.to_string(),
     };
     futures_util::stream::unfold(watched, Watched::next).boxed()
 }
 
-fn same(a: Option<&Arc<Identity>>, b: Option<&Arc<Identity>>) -> bool {
+/// Whether two identities are the same one (not merely equal: a refresh makes a new one).
+pub(super) fn same(a: Option<&Arc<Identity>>, b: Option<&Arc<Identity>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
+    }
+}
+
+/// What checks one subscription's grant again: the gate and topic it was authorized with.
+#[derive(Clone)]
+pub(super) struct Regrant {
+    gate: Gate,
+    topic: String,
+    /// Where the subscription's field is, so the error points at it like any field error.
+    pos: Pos,
+    field: String,
+}
+
+impl Regrant {
+    pub(super) fn of(ctx: &Context<'_>, topic: &str) -> Self {
+        Self {
+            gate: Gate::of(ctx),
+            topic: topic.to_string(),
+            pos: ctx.item.pos,
+            field: ctx.item.node.response_key().node.to_string(),
+        }
+    }
+
+    /// Nothing while `identity` keeps the `subscribe` grant; else the error the subscription
+    /// ends with.
+    pub(super) async fn check(&self, identity: Option<&Identity>) -> Result<(), ServerError> {
+        let checked = self
+            .gate
+            .check(identity, &self.topic, Action::Subscribe, None)
+            .await;
+        checked.map_err(|error| {
+            let mut error = error.into_server_error(self.pos);
+            error.path = vec![PathSegment::Field(self.field.clone())];
+            error
+        })
     }
 }
 
@@ -83,12 +118,8 @@ struct Watched<T> {
     identity: watch::Receiver<Option<Arc<Identity>>>,
     /// False once the connection is gone (its operations are being aborted anyway).
     watching: bool,
-    gate: Gate,
-    topic: String,
+    regrant: Regrant,
     ending: Option<Ending>,
-    /// Where the subscription's field is, so the error points at it like any field error.
-    pos: Pos,
-    field: String,
 }
 
 impl<T> Watched<T> {
@@ -103,10 +134,7 @@ impl<T> Watched<T> {
                         continue;
                     }
                     let identity = self.identity.borrow_and_update().clone();
-                    let checked = self.gate.check(identity.as_deref(), &self.topic, Action::Subscribe, None).await;
-                    if let Err(error) = checked {
-                        let mut error = error.into_server_error(self.pos);
-                        error.path = vec![PathSegment::Field(std::mem::take(&mut self.field))];
+                    if let Err(error) = self.regrant.check(identity.as_deref()).await {
                         if let Some(ending) = &self.ending {
                             ending.set(error);
                         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::{Context, ErrorExtensions, Schema};
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use crate::audit::{Audit, Entry};
@@ -29,8 +30,8 @@ use crate::topics::{self, Action, Decision};
 use crate::transport::control::ConnectionHandle;
 
 pub use grant::Ending;
-pub use share::Seat;
 use share::Shares;
+pub use share::{Seat, recheck_parked};
 pub use types::Query;
 
 use async_graphql::{MergedObject, MergedSubscription};
@@ -185,16 +186,42 @@ pub async fn follow(
         return subscribed;
     }
     authorize(ctx, topic, Action::Subscribe).await?;
-    let shared = match (share::seat(ctx), after) {
-        (Some(seat), None) => seat.join(ctx.data_unchecked::<Arc<Shares>>()).await,
-        _ => None,
-    };
-    let deliveries = match shared {
-        Some(joined) => joined?,
-        None => subscribe(ctx, topic, after).await?,
-    };
+    if let (Some(seat), None) = (share::seat(ctx), &after)
+        && let Some(joined) = seat.join(ctx.data_unchecked::<Arc<Shares>>()).await
+    {
+        joined?;
+        return park(ctx, seat, topic).await;
+    }
+    let deliveries = subscribe(ctx, topic, after).await?;
     let present = presence::held(deliveries, presence::enter(ctx, topic).await);
     Ok(grant::while_granted(ctx, topic, present))
+}
+
+/// Hands a joined member over to its seat: present on `topic`, its grant re-checked by its
+/// connection, its results sent by its group. The stream returned is empty, so the operation's
+/// task ends and frees what it held (its async-graphql stream and document); the seat answers
+/// for the operation from here on.
+async fn park(
+    ctx: &Context<'_>,
+    seat: &Arc<Seat>,
+    topic: &str,
+) -> async_graphql::Result<BoxStream<'static, Delivery>> {
+    let parked = share::Parked {
+        presence: presence::enter(ctx, topic).await,
+        regrant: grant::Regrant::of(ctx, topic),
+    };
+    if seat.park(parked)
+        && let Some(caller) = ctx.data_opt::<Caller>()
+        && let Some(handle) = &caller.connection
+    {
+        // The connection re-checks the seats parked when its identity changes; a change that came
+        // before this seat was parked is checked here.
+        let now = handle.identity().borrow().clone();
+        if !grant::same(now.as_ref(), caller.identity.as_ref()) {
+            seat.recheck(now.as_deref()).await;
+        }
+    }
+    Ok(futures_util::stream::empty().boxed())
 }
 
 /// The bus's deliveries of `topic`, replaying those after `after` first.

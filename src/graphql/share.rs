@@ -4,12 +4,15 @@
 //! `next` envelope, joined only when its connection writes it. A member still goes through
 //! everything an operation does: the guard counts it against its connection's budget and judges
 //! its document, its own `follow` checks its grant and makes it present, and it holds one of its
-//! connection's operation slots. What it no longer has is a resolver run per event.
+//! connection's operation slots. What it no longer has is a resolver run per event, nor, once it
+//! joined, a task and an async-graphql stream of its own: it is *parked* in its seat, which holds
+//! its presence and what re-checks its grant, and the group sends its `complete` when the
+//! execution ends.
 //!
 //! The authorization scope of a result is the topic grant alone: `events` and `messages` return
 //! the event's own fields, and none of them reads who is asking. Each member's grant was checked
-//! when it joined and is checked again when its connection's identity changes (`grant`). Until that
-//! check ends, events go on reaching it under the grant it had, which its earlier, still valid,
+//! when it joined and is checked again when its connection's identity changes: its connection
+//! calls [`recheck_parked`] with its parked seats. Until that check ends, events go on reaching it under the grant it had, which its earlier, still valid,
 //! credentials gave. A subscription that resumes (`after`) replays on its own and is not shared,
 //! nor is an operation with more than one root field.
 //!
@@ -22,15 +25,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::{Context, ErrorExtensions, Request, Response, Variables};
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, stream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::AppSchema;
-use crate::bus::Delivery;
+use super::grant::Regrant;
+use crate::auth::Identity;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::presence::Guard;
 use crate::transport::outbox::Outbox;
 use crate::transport::protocol;
 
@@ -65,12 +70,32 @@ pub struct Seat(Mutex<State>);
 
 enum State {
     Open(Box<Open>),
-    Taken {
-        shares: Arc<Shares>,
-        group: Arc<Group>,
-        member: u64,
-    },
+    Taken(Box<Taken>),
+    /// Left by the transport (the client completed the operation, the connection ended, or the
+    /// join failed): the transport answers for the operation, if anyone does.
     Closed,
+    /// Ended by the group or by a lost grant, which sent the operation's last frame itself.
+    Ended,
+}
+
+/// A member's seat in its group.
+struct Taken {
+    shares: Arc<Shares>,
+    group: Arc<Group>,
+    member: u64,
+    /// Where the member's own last frame goes: `complete`, or `error` when its grant is gone.
+    id: String,
+    protocol: Protocols,
+    outbox: Outbox,
+    /// Set once `follow` made the member present and its task ended.
+    parked: Option<Parked>,
+}
+
+/// What a parked member holds in place of its task's stream.
+pub struct Parked {
+    /// Keeps its connection present on the topic until the seat is left or ended.
+    pub presence: Option<Guard>,
+    pub(super) regrant: Regrant,
 }
 
 /// What a seat keeps until it is taken: the operation as sent, and where its results go.
@@ -104,6 +129,8 @@ struct Member {
     outbox: Outbox,
     /// The member's `next` envelope up to its payload, built once at the join.
     opening: Arc<str>,
+    /// Ended by the group when its execution stops. Weak: the seat holds the group.
+    seat: std::sync::Weak<Seat>,
 }
 
 #[derive(Clone)]
@@ -155,13 +182,10 @@ impl Seat {
     }
 
     /// Joins the group running this operation, starting it when none runs, and waits until it
-    /// follows the topic. The stream yields nothing (the group sends the results) and ends when
-    /// the group's execution does. `None` when the seat cannot be taken: taken already, or
-    /// variables that have no text to compare.
-    pub async fn join(
-        self: &Arc<Self>,
-        shares: &Arc<Shares>,
-    ) -> Option<async_graphql::Result<BoxStream<'static, Delivery>>> {
+    /// follows the topic; from then on the group sends the member's results, and the caller parks
+    /// the seat. `None` when the seat cannot be taken: taken already, or variables that have no
+    /// text to compare.
+    pub async fn join(self: &Arc<Self>, shares: &Arc<Shares>) -> Option<async_graphql::Result<()>> {
         let group = {
             let mut state = lock(&self.0);
             let State::Open(open) = &*state else {
@@ -171,16 +195,38 @@ impl Seat {
             let State::Open(open) = std::mem::replace(&mut *state, State::Closed) else {
                 return None;
             };
-            let (group, member) = shares.admit(*open, variables);
-            *state = State::Taken {
+            let Open {
+                query,
+                operation,
+                variables: values,
+                protocol,
+                id,
+                outbox,
+            } = *open;
+            let key = Key {
+                query,
+                operation,
+                variables,
+            };
+            let member = Member {
+                opening: protocol::next_opening(protocol, &id).into(),
+                outbox: outbox.clone(),
+                seat: Arc::downgrade(self),
+            };
+            let (group, member) = shares.admit(key, values, member);
+            *state = State::Taken(Box::new(Taken {
                 shares: shares.clone(),
                 group: group.clone(),
                 member,
-            };
+                id,
+                protocol,
+                outbox,
+                parked: None,
+            }));
             group
         };
-        // From here on, whatever drops this future or the stream leaves the group.
-        let seated = Seated(self.clone());
+        // Until the join succeeds, whatever drops this future leaves the group.
+        let mut seated = Seated(Some(self));
         let readiness = group
             .ready
             .subscribe()
@@ -196,34 +242,93 @@ impl Seat {
                 return Some(Err(Error::Internal(error).extend()));
             }
         }
-        let ended = group.ended.clone();
-        let member = stream::once(async move {
-            ended.cancelled().await;
-            drop(seated);
-        });
-        Some(Ok(member.filter_map(|()| async { None }).boxed()))
+        seated.0 = None;
+        Some(Ok(()))
+    }
+
+    /// Parks a joined member: `parked` stands in for its task from now on. False when the seat
+    /// was ended or left meanwhile (then `parked` is dropped, and the member with it).
+    pub fn park(&self, parked: Parked) -> bool {
+        match &mut *lock(&self.0) {
+            State::Taken(taken) => {
+                taken.parked = Some(parked);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the seat answers for its operation (taken, or ended with its last frame sent):
+    /// then the operation's task ends without a frame of its own, and a taken seat keeps its
+    /// operation slot.
+    pub fn answers(&self) -> bool {
+        matches!(*lock(&self.0), State::Taken(_) | State::Ended)
+    }
+
+    /// Whether the seat is in a group: the operation runs, with or without its task.
+    pub fn is_taken(&self) -> bool {
+        matches!(*lock(&self.0), State::Taken(_))
     }
 
     /// Leaves the group, if the seat was taken; nothing is sent under it afterwards.
     pub fn leave(&self) {
         let state = std::mem::replace(&mut *lock(&self.0), State::Closed);
-        if let State::Taken {
-            shares,
-            group,
-            member,
-        } = state
-        {
-            shares.leave(&group, member);
+        if let State::Taken(taken) = state {
+            taken.shares.leave(&taken.group, taken.member);
+        }
+    }
+
+    /// Leaves the group and sends the operation's last frame: `error` with `error`, else
+    /// `complete`. Nothing when the seat was not taken (the transport left it first).
+    fn end(&self, error: Option<async_graphql::ServerError>) {
+        let taken = {
+            let mut state = lock(&self.0);
+            if !matches!(*state, State::Taken(_)) {
+                return;
+            }
+            let State::Taken(taken) = std::mem::replace(&mut *state, State::Ended) else {
+                return;
+            };
+            taken
+        };
+        taken.shares.leave(&taken.group, taken.member);
+        let frame = match error {
+            Some(error) => protocol::error(taken.protocol, &taken.id, &[error]),
+            None => protocol::complete(&taken.id),
+        };
+        taken.outbox.text(frame);
+    }
+
+    /// Checks a parked member's grant under `identity`; ends it with the error if it is gone.
+    pub(super) async fn recheck(&self, identity: Option<&Identity>) {
+        let regrant = match &*lock(&self.0) {
+            State::Taken(taken) => taken.parked.as_ref().map(|p| p.regrant.clone()),
+            _ => None,
+        };
+        let Some(regrant) = regrant else { return };
+        if let Err(error) = regrant.check(identity).await {
+            self.end(Some(error));
         }
     }
 }
 
-/// Leaves on drop: held by a member's stream, and by `join` while it waits.
-struct Seated(Arc<Seat>);
+/// Re-checks the grants of a connection's parked members under its current identity, in order.
+/// Called by the connection when its identity changed, for the seats parked then; a seat parked
+/// later checks the identity itself once parked ([`super::follow`]), so no change goes unchecked.
+pub async fn recheck_parked(seats: Vec<Arc<Seat>>, identity: Option<Arc<Identity>>) {
+    for seat in seats {
+        seat.recheck(identity.as_deref()).await;
+    }
+}
 
-impl Drop for Seated {
+/// Leaves on drop: held by `join` while it waits, so a join that fails or is dropped leaves.
+struct Seated<'a>(Option<&'a Seat>);
+
+impl Drop for Seated<'_> {
     fn drop(&mut self) {
-        self.0.leave();
+        if let Some(seat) = self.0 {
+            seat.leave();
+        }
     }
 }
 
@@ -236,17 +341,13 @@ impl Shares {
         })
     }
 
-    /// Adds `open` to the running group for its key, or to a new one.
-    fn admit(self: &Arc<Self>, open: Open, variables: String) -> (Arc<Group>, u64) {
-        let key = Key {
-            query: open.query,
-            operation: open.operation,
-            variables,
-        };
-        let mut member = Member {
-            opening: protocol::next_opening(open.protocol, &open.id).into(),
-            outbox: open.outbox,
-        };
+    /// Adds `member` to the running group for `key`, or to a new one.
+    fn admit(
+        self: &Arc<Self>,
+        key: Key,
+        variables: Variables,
+        mut member: Member,
+    ) -> (Arc<Group>, u64) {
         let mut groups = lock(&self.groups);
         if let Some(group) = groups.get(&key) {
             match group.add(member) {
@@ -255,7 +356,7 @@ impl Shares {
                 Err(refused) => member = refused,
             }
         }
-        let group = self.start(key, open.variables);
+        let group = self.start(key, variables);
         groups.insert(group.key.clone(), group.clone());
         let Ok(id) = group.add(member) else {
             unreachable!("a group nobody left yet is open");
@@ -316,7 +417,20 @@ impl Shares {
                 }
             }
         }
-        group.ended.cancel();
+        // Each member's operation completes now; under the members' lock, so no join slips in
+        // between (a joiner sees the group stopping and starts a new one).
+        let seats: Vec<_> = {
+            let members = lock(&group.members);
+            group.ended.cancel();
+            members
+                .by_id
+                .values()
+                .filter_map(|m| m.seat.upgrade())
+                .collect()
+        };
+        for seat in seats {
+            seat.end(None);
+        }
         // Joiners still waiting must not wait forever.
         group.ready.send_if_modified(|r| {
             let starting = matches!(r, Readiness::Starting);

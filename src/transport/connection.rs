@@ -20,7 +20,7 @@ use super::protocol::{self, Close, code};
 use crate::audit::{Entry, Severity};
 use crate::auth::Identity;
 use crate::connlog;
-use crate::graphql::Caller;
+use crate::graphql::{Caller, recheck_parked};
 use crate::registry::{IpSlot, UserSlot};
 use crate::startup::AppState;
 
@@ -172,6 +172,7 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         let mut awaiting_pong: Option<Instant> = None;
         let mut operations = Operations::new(connections.max_operations as usize);
+        let mut identity = self.handle.identity();
         // On shutdown this connection waits its own random share of `server.drain_period` before
         // closing, so an instance's clients do not all reconnect elsewhere in the same instant.
         let shutdown = self.state.shutdown.clone();
@@ -235,6 +236,16 @@ impl Connection {
                 _ = self.lifetime.revalidation() => Box::pin(self.recheck_session()).await,
                 // Other parts of the server (registry, revocation, refreshAuth) acting on us.
                 Some(message) = control.recv() => self.control(*message),
+                // Our identity changed (`refreshAuth`, or a session re-check that found other
+                // claims). Parked shared members have no task to notice, so their grants are
+                // checked again here, in a task: a `member` grant may need the database.
+                Ok(()) = identity.changed() => {
+                    let now = identity.borrow_and_update().clone();
+                    let seats = operations.parked();
+                    if !seats.is_empty() {
+                        tokio::spawn(recheck_parked(seats, now));
+                    }
+                }
                 // An operation task ended: free its slot (and close on a panic).
                 Some(close) = operations.reap() => {
                     tracing::error!(parent: &self.span, "an operation panicked");

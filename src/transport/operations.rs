@@ -1,5 +1,7 @@
 //! A connection's running operations: the table that enforces unique ids and
 //! `connections.max_operations`, and the task that executes one operation and forwards its results.
+//! An operation runs while its task does, or, for a member of a shared subscription, while its
+//! seat is taken: a parked member has no task but still holds its id and its slot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,7 +57,11 @@ impl Operations {
             return Err(Refused::DuplicateId);
         }
         if self.running.len() >= self.limit {
-            return Err(Refused::Full { limit: self.limit });
+            // Parked members that their group or a lost grant ended leave no task to reap.
+            self.running.retain(|_, running| running.is_alive());
+            if self.running.len() >= self.limit {
+                return Err(Refused::Full { limit: self.limit });
+            }
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -68,6 +74,7 @@ impl Operations {
             id.clone(),
             generation,
             outbox,
+            seat.clone(),
         ));
         self.running.insert(
             id,
@@ -82,22 +89,29 @@ impl Operations {
 
     /// Whether an operation with this id is still running (a new one under it would close 4409).
     pub fn is_running(&self, id: &str) -> bool {
+        self.running.get(id).is_some_and(Running::is_alive)
+    }
+
+    /// The seats of shared members, whose grants the connection re-checks when its
+    /// identity changes (they have no task of their own to do it).
+    pub fn parked(&self) -> Vec<Arc<Seat>> {
         self.running
-            .get(id)
-            .is_some_and(|running| !running.handle.is_finished())
+            .values()
+            .filter(|running| running.seat.is_taken())
+            .map(|running| running.seat.clone())
+            .collect()
     }
 
     /// Stops the operation `id` (client `complete`); false when none was running. It leaves its
     /// shared subscription here rather than when the aborted task is dropped, which happens later
     /// on another thread: the id is free for reuse as soon as this returns.
     pub fn stop(&mut self, id: &str) -> bool {
-        self.running
-            .remove(id)
-            .map(|running| {
-                running.seat.leave();
-                running.handle.abort();
-            })
-            .is_some()
+        self.running.remove(id).is_some_and(|running| {
+            let alive = running.is_alive();
+            running.seat.leave();
+            running.handle.abort();
+            alive
+        })
     }
 
     /// Waits for the next task to finish and frees its slot. Pending forever while nothing runs, so
@@ -112,11 +126,9 @@ impl Operations {
     fn free(&mut self, finished: Result<(String, u64), JoinError>) -> Option<Close> {
         match finished {
             Ok((id, generation)) => {
-                if self
-                    .running
-                    .get(&id)
-                    .is_some_and(|running| running.generation == generation)
-                {
+                if self.running.get(&id).is_some_and(|running| {
+                    running.generation == generation && !running.seat.is_taken()
+                }) {
                     self.running.remove(&id);
                 }
                 None
@@ -129,16 +141,33 @@ impl Operations {
     }
 }
 
+impl Drop for Operations {
+    /// The connection ended: parked members leave their groups (the tasks are aborted by the
+    /// `JoinSet`; a parked member has none).
+    fn drop(&mut self) {
+        for running in self.running.values() {
+            running.seat.leave();
+        }
+    }
+}
+
 struct Running {
     generation: u64,
     handle: AbortHandle,
     seat: Arc<Seat>,
 }
 
+impl Running {
+    fn is_alive(&self) -> bool {
+        !self.handle.is_finished() || self.seat.is_taken()
+    }
+}
+
 /// Runs until the operation's results are exhausted, the outbox refuses (the connection is
 /// closing), or the table aborts the task. Returns its id and generation to free the right slot.
 /// A subscription that ended because of an error it recorded in its [`Ending`] (its grant is
-/// gone) ends with that `error` instead of `complete`.
+/// gone) ends with that `error` instead of `complete`; one whose seat answers for it (a shared
+/// member, parked) ends with no frame.
 async fn run(
     schema: AppSchema,
     request: Request,
@@ -146,6 +175,7 @@ async fn run(
     id: String,
     generation: u64,
     outbox: Outbox,
+    seat: Arc<Seat>,
 ) -> (String, u64) {
     let ending = Ending::default();
     let mut responses = schema.execute_stream(request.data(ending.clone()));
@@ -161,6 +191,9 @@ async fn run(
         if !outbox.text(protocol::next(protocol, &id, &response)) {
             return (id, generation);
         }
+    }
+    if seat.answers() {
+        return (id, generation);
     }
     match ending.take() {
         Some(error) => outbox.text(protocol::error(protocol, &id, &[error])),

@@ -158,3 +158,50 @@ async fn a_member_that_loses_its_grant_ends_with_forbidden_while_the_others_keep
         assert_eq!(message["id"], "r", "nothing more for feed: {message}");
     }
 }
+
+#[tokio::test]
+async fn a_parked_member_keeps_its_operation_slot_and_its_id() {
+    let app = crate::helpers::spawn_app_with(|c| c.connections.max_operations = 2).await;
+    let mut alice = app.ws_acked("alice").await;
+    alice.send(subscribe("subscribe", "a", "system:a")).await;
+    alice.send(subscribe("subscribe", "b", "system:b")).await;
+    until_live(&app, &mut alice, &[("a", "system:a"), ("b", "system:b")]).await;
+    app.until_metrics(&["palisade_shared_subscribers 2"]).await;
+
+    // Both members are parked, their tasks gone: the slots are still theirs.
+    alice.send(subscribe("subscribe", "c", "system:c")).await;
+    let refused = next_event(&mut alice).await;
+    assert_eq!(
+        (&refused["id"], &refused["type"]),
+        (&json!("c"), &json!("error"))
+    );
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"],
+        "MAX_OPERATIONS_LIMIT"
+    );
+    alice.send(subscribe("subscribe", "a", "system:a")).await;
+    assert_eq!(
+        alice.closed().await,
+        (4409, "Subscriber for a already exists".into())
+    );
+}
+
+#[tokio::test]
+async fn a_closed_connection_takes_its_parked_members_out_of_their_groups() {
+    let app = spawn_app().await;
+    let mut alice = app.ws_acked("alice").await;
+    alice.send(subscribe("subscribe", "1", "system:news")).await;
+    until_live(&app, &mut alice, &[("1", "system:news")]).await;
+    let mut bob = app.ws_acked("bob").await;
+    bob.send(subscribe("subscribe", "1", "system:news")).await;
+    app.until_metrics(&["palisade_shared_subscribers 2"]).await;
+
+    drop(alice);
+    app.until_metrics(&["palisade_shared_subscribers 1"]).await;
+    drop(bob);
+    app.until_metrics(&[
+        "palisade_shared_subscriptions 0",
+        "palisade_shared_subscribers 0",
+    ])
+    .await;
+}
