@@ -57,9 +57,20 @@ pub enum DatabaseSource {
     Ready(Database),
 }
 
-/// Shared by every handler and connection.
+/// Shared by every handler and connection: a pointer to one [`State`], so a connection's clones
+/// cost 8 bytes each instead of the ~380 bytes of the fields.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<State>);
+
+impl std::ops::Deref for AppState {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+pub struct State {
     pub config: Arc<Config>,
     pub schema: AppSchema,
     pub db: Database,
@@ -188,7 +199,7 @@ impl Application {
             &db,
         );
         let readiness = Readiness::new(db.clone(), redis.as_ref(), metrics.ready.clone())?;
-        let state = AppState {
+        let state = AppState(Arc::new(State {
             readiness,
             audit,
             connection_log,
@@ -213,7 +224,7 @@ impl Application {
             shutdown,
             tracker,
             config: config.clone(),
-        };
+        }));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;

@@ -55,8 +55,15 @@ pub struct Peer {
     pub _ip_slot: IpSlot,
 }
 
-/// Serves the connection to its end, then completes its connection-log row.
-pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Protocols) {
+/// Serves the connection to its end, then completes its connection-log row. The connection is set
+/// up before the future exists: an async fn keeps its arguments for its whole life, and the socket
+/// (dead once split) and the peer (moved into the connection) would size every connection's task.
+pub fn serve(
+    socket: WebSocket,
+    state: AppState,
+    peer: Peer,
+    protocol: Protocols,
+) -> impl Future<Output = ()> + Send {
     let id = uuid::Uuid::now_v7().to_string();
     let span = tracing::info_span!("connection", connection_id = %id, user_id = tracing::field::Empty, instance = %state.instance.id);
     let opened = connlog::Opened {
@@ -74,12 +81,12 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
     let (outbox, closing, writer) =
         Outbox::start(sink, &state.config.connections, state.metrics.clone());
     let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
-    let mut connection = Connection {
-        state: state.clone(),
+    let connection = Connection {
+        state,
         peer,
         protocol,
-        id: id.clone(),
-        span: span.clone(),
+        id,
+        span,
         outbox,
         handle,
         identity: None,
@@ -89,48 +96,66 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Peer, protocol: Pro
         early_pings: 0,
         log_row: Some(opened),
     };
-    let close = connection.run(&mut stream, closing, control).await;
-    // A connection that ended before its `connection_ack` writes its row now.
-    let log_row = connection.log_row.take();
-    // Dropping the connection releases the outbox (its operations were aborted when `run`
-    // returned) and its registry slots, so the writer ends once it has sent the close frame.
-    drop(connection);
-    let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
-    let by_client = close.reason.starts_with(CLIENT_CLOSED);
-    if close.code != code::ABNORMAL && !by_client {
-        // We closed: wait for the client's close frame, completing the handshake, so clients see a
-        // clean close with our code rather than a dropped connection.
-        let answered = async {
-            while let Some(Ok(message)) = stream.next().await {
-                if let Message::Close(_) = message {
-                    break;
+    async move {
+        let mut connection = connection;
+        let close = connection.run(&mut stream, closing, control).await;
+        connection.end(close, stream, writer, opened_at).await;
+    }
+}
+
+impl Connection {
+    /// After `run`: lets the writer send the close frame, waits for the client's answer, and
+    /// records the close.
+    async fn end(
+        mut self,
+        close: Close,
+        mut stream: SplitStream<WebSocket>,
+        writer: tokio::task::JoinHandle<()>,
+        opened_at: Instant,
+    ) {
+        let (state, id, span) = (self.state.clone(), self.id.clone(), self.span.clone());
+        // A connection that ended before its `connection_ack` writes its row now.
+        let log_row = self.log_row.take();
+        // Dropping the connection releases the outbox (its operations were aborted when `run`
+        // returned) and its registry slots, so the writer ends once it has sent the close frame.
+        drop(self);
+        let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
+        let by_client = close.reason.starts_with(CLIENT_CLOSED);
+        if close.code != code::ABNORMAL && !by_client {
+            // We closed: wait for the client's close frame, completing the handshake, so clients
+            // see a clean close with our code rather than a dropped connection.
+            let answered = async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if let Message::Close(_) = message {
+                        break;
+                    }
                 }
-            }
+            };
+            let _ = tokio::time::timeout(CLOSE_ANSWER, answered).await;
+        }
+        state.metrics.connections_active.dec();
+        state
+            .metrics
+            .connection_seconds
+            .observe(opened_at.elapsed().as_secs_f64());
+        // A client may close with any code it likes; as a label that would be a series per code it
+        // picks, so its closes share one.
+        let label = if by_client {
+            "client".to_string()
+        } else {
+            close.code.to_string()
         };
-        let _ = tokio::time::timeout(CLOSE_ANSWER, answered).await;
+        state
+            .metrics
+            .closes_total
+            .with_label_values(&[&label])
+            .inc();
+        tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
+        if let Some(row) = log_row {
+            state.connection_log.opened(row);
+        }
+        state.connection_log.closed(&id, close.code, &close.reason);
     }
-    state.metrics.connections_active.dec();
-    state
-        .metrics
-        .connection_seconds
-        .observe(opened_at.elapsed().as_secs_f64());
-    // A client may close with any code it likes; as a label that would be a series per code it
-    // picks, so its closes share one.
-    let label = if by_client {
-        "client".to_string()
-    } else {
-        close.code.to_string()
-    };
-    state
-        .metrics
-        .closes_total
-        .with_label_values(&[&label])
-        .inc();
-    tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
-    if let Some(row) = log_row {
-        state.connection_log.opened(row);
-    }
-    state.connection_log.closed(&id, close.code, &close.reason);
 }
 
 pub(super) struct Connection {
