@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -135,7 +135,10 @@ impl Turns {
 pub struct Budget {
     live: LiveConfig,
     quota: Mutex<ActiveQuota>,
-    warnings: broadcast::Sender<Warning>,
+    /// Made by the first `rateLimitWarning` subscriber: a broadcast channel allocates its slots up
+    /// front, and most connections never listen. Until then a warning has nobody to reach (the
+    /// numbers also ride on every result).
+    warnings: OnceLock<broadcast::Sender<Warning>>,
     /// Waiting tickets watch it for their turn.
     turns: watch::Sender<Turns>,
     /// Set by the first refusal that closes the connection: however many operations are refused
@@ -155,7 +158,7 @@ impl Budget {
         Self {
             live,
             quota: Mutex::new(quota),
-            warnings: broadcast::channel(WARNING_BUFFER).0,
+            warnings: OnceLock::new(),
             turns: watch::Sender::new(Turns::default()),
             closing: AtomicBool::new(false),
         }
@@ -218,11 +221,15 @@ impl Budget {
 
     pub fn warn(&self, warning: Warning) {
         // No subscriber is fine: the numbers also ride on every result.
-        let _ = self.warnings.send(warning);
+        if let Some(warnings) = self.warnings.get() {
+            let _ = warnings.send(warning);
+        }
     }
 
     pub fn warnings(&self) -> broadcast::Receiver<Warning> {
-        self.warnings.subscribe()
+        self.warnings
+            .get_or_init(|| broadcast::channel(WARNING_BUFFER).0)
+            .subscribe()
     }
 
     fn finish(&self, seq: u64) {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::transport::queue::Consumer;
 use futures_util::StreamExt;
-use tokio::sync::mpsc::Receiver;
 
 use super::*;
 use crate::bus::{Delivery, MemoryBus};
@@ -28,14 +28,14 @@ fn memory_bus() -> Arc<dyn Bus> {
     Arc::new(MemoryBus::new(16, 16))
 }
 
-fn handle(id: &str) -> (ConnectionHandle, Receiver<Box<Control>>) {
+fn handle(id: &str) -> (ConnectionHandle, Consumer<Box<Control>>) {
     ConnectionHandle::new(id.into(), Default::default())
 }
 
 /// The close the connection was told about, waiting a little for it to arrive.
-async fn closed_with(rx: &mut Receiver<Box<Control>>) -> Option<(NoticeKind, u16)> {
-    match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-        Ok(Some(control)) => match *control {
+async fn closed_with(rx: &mut Consumer<Box<Control>>) -> Option<(NoticeKind, u16)> {
+    match tokio::time::timeout(Duration::from_millis(200), rx.next()).await {
+        Ok(control) => match *control {
             Control::Close { notice, close } => Some((notice?.kind, close.code)),
             _ => None,
         },

@@ -9,7 +9,7 @@ use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::control::{ConnectionHandle, Control, Notice, NoticeKind};
@@ -17,6 +17,7 @@ use super::lifetime::Lifetime;
 use super::operations::{Operations, Refused};
 use super::outbox::Outbox;
 use super::protocol::{self, Close, code};
+use super::queue::Consumer;
 use crate::audit::{Entry, Severity};
 use crate::auth::Identity;
 use crate::connlog;
@@ -187,7 +188,7 @@ impl Connection {
         &mut self,
         stream: &mut SplitStream<WebSocket>,
         mut closing: watch::Receiver<Option<Close>>,
-        mut control: mpsc::Receiver<Box<Control>>,
+        control: Consumer<Box<Control>>,
     ) -> Close {
         let connections = &self.state.config.connections;
         let init_deadline = sleep(self.state.config.auth.connection_init_timeout.get());
@@ -260,7 +261,7 @@ impl Connection {
                 // size every connection's task for its whole life.
                 _ = self.lifetime.revalidation() => Box::pin(self.recheck_session()).await,
                 // Other parts of the server (registry, revocation, refreshAuth) acting on us.
-                Some(message) = control.recv() => self.control(*message),
+                message = control.next() => self.control(*message),
                 // Our identity changed (`refreshAuth`, or a session re-check that found other
                 // claims). Parked shared members have no task to notice, so their grants are
                 // checked again here, in a task: a `member` grant may need the database.

@@ -3,9 +3,10 @@
 
 use async_graphql::Enum;
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 
 use super::protocol::Close;
+use super::queue::{self, Consumer, Queue};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::auth::Identity;
@@ -85,9 +86,8 @@ pub struct ConnectionHandle {
     pub id: String,
     /// The connection's operation budget, counted by the per-operation guard.
     pub budget: Arc<Budget>,
-    /// Boxed: a channel allocates room for 32 messages up front, and a `Control` is ~90 bytes,
-    /// so boxing saves each idle connection ~2.5 KiB.
-    control: mpsc::Sender<Box<Control>>,
+    /// Boxed: a `Control` is ~90 bytes, and the queue keeps a few slots once used.
+    control: Arc<Queue<Box<Control>>>,
     notices: Arc<Notices>,
     /// Who the connection is authenticated as now (`None` before `connection_init` and when
     /// anonymous). The connection replaces it on `refreshAuth` and on a session re-check that finds
@@ -97,8 +97,8 @@ pub struct ConnectionHandle {
 
 impl ConnectionHandle {
     /// A handle and the receiving end the connection loop selects on.
-    pub fn new(id: String, live: LiveConfig) -> (Self, mpsc::Receiver<Box<Control>>) {
-        let (control, rx) = mpsc::channel(CONTROL_QUEUE);
+    pub fn new(id: String, live: LiveConfig) -> (Self, Consumer<Box<Control>>) {
+        let (control, rx) = queue::bounded(CONTROL_QUEUE);
         let budget = Arc::new(Budget::new(live));
         let notices = Arc::default();
         let identity = watch::Sender::new(None);
@@ -116,7 +116,7 @@ impl ConnectionHandle {
 
     /// False when the connection is gone or already swamped with control messages.
     pub fn send(&self, control: Control) -> bool {
-        self.control.try_send(Box::new(control)).is_ok()
+        self.control.push(Box::new(control)).is_ok()
     }
 
     pub fn notify(&self, notice: Notice) {

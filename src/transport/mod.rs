@@ -11,6 +11,7 @@ mod lifetime;
 mod operations;
 pub mod outbox;
 pub mod protocol;
+pub mod queue;
 mod screen;
 
 use std::net::SocketAddr;

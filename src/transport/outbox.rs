@@ -6,17 +6,17 @@
 //! other clients nor the other operations on its own connection. The byte bound is what keeps a
 //! client that never reads from making the server hold `send_queue` large messages.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::protocol::{self, Close, code};
+use super::queue::{self, Consumer, Queue, Refused};
 use crate::config::Connections;
 use crate::metrics::Metrics;
 
@@ -59,51 +59,10 @@ impl Outgoing {
     }
 }
 
-/// The queue itself: a deque that allocates only while it holds messages. A tokio channel would
-/// allocate a block of 32 slots and its cache-padded state up front, ~2 KiB for every idle
-/// connection.
-struct Queue {
-    messages: Mutex<VecDeque<Outgoing>>,
-    /// Wakes the writer; a push made while it is not waiting leaves a permit, so none is missed.
-    ready: Notify,
-    /// Set when the writer ended: nothing queued from then on would be written.
-    gone: AtomicBool,
-}
-
-/// Kept when the queue drains, so a steady trickle does not reallocate; a burst's larger
-/// allocation is given back.
-const KEPT_CAPACITY: usize = 8;
-
-impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
-        // Nothing panics while holding it; a poisoned queue is still a consistent deque.
-        self.messages.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn pop(&self) -> Option<Outgoing> {
-        let mut messages = self.lock();
-        let message = messages.pop_front();
-        if messages.is_empty() && messages.capacity() > KEPT_CAPACITY {
-            messages.shrink_to(KEPT_CAPACITY);
-        }
-        message
-    }
-}
-
-/// Marks the queue gone when the writer ends, however it ends.
-struct Writing(Arc<Queue>);
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        self.0.gone.store(true, Ordering::Release);
-    }
-}
-
 #[derive(Clone)]
 pub struct Outbox {
-    queue: Arc<Queue>,
-    /// `connections.send_queue`: messages queued at most.
-    max_messages: usize,
+    /// Bounded by `connections.send_queue` messages.
+    queue: Arc<Queue<Outgoing>>,
     close: watch::Sender<Option<Close>>,
     /// Bytes queued and not yet written: reserved by `push` before a message enters the queue,
     /// released by the writer once the socket took it. Shared by every clone, so operations
@@ -127,23 +86,18 @@ impl Outbox {
         watch::Receiver<Option<Close>>,
         tokio::task::JoinHandle<()>,
     ) {
-        let queue = Arc::new(Queue {
-            messages: Mutex::default(),
-            ready: Notify::new(),
-            gone: AtomicBool::new(false),
-        });
+        let (queue, consumer) = queue::bounded(bounds.send_queue as usize);
         let (close, close_rx) = watch::channel(None);
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = tokio::spawn(write_loop(
             sink,
-            Writing(queue.clone()),
+            consumer,
             close.subscribe(),
             queued.clone(),
             metrics.clone(),
         ));
         let outbox = Self {
             queue,
-            max_messages: bounds.send_queue as usize,
             close,
             queued,
             max_bytes: bounds.send_queue_bytes.bytes(),
@@ -185,26 +139,16 @@ impl Outbox {
             ));
             return false;
         };
-        let queued = {
-            let mut messages = self.queue.lock();
-            let open = !self.queue.gone.load(Ordering::Acquire);
-            let room = messages.len() < self.max_messages;
-            if open && room {
-                messages.push_back(message);
-            }
-            (open, room)
-        };
-        match queued {
-            (true, true) => {
-                self.queue.ready.notify_one();
+        match self.queue.push(message) {
+            Ok(()) => {
                 self.metrics
                     .send_queue_bytes
                     .observe((before + size) as f64);
                 true
             }
-            (open, _) => {
+            Err(refused) => {
                 self.queued.fetch_sub(size, Ordering::AcqRel);
-                if open {
+                if refused == Refused::Full {
                     self.close(Close::new(
                         code::SLOW_CONSUMER,
                         "Slow consumer: send queue full",
@@ -232,7 +176,7 @@ impl Outbox {
 /// socket failed, and nothing more can be sent on it.
 async fn forward(
     sink: &mut SplitSink<WebSocket, Message>,
-    queue: &Queue,
+    queue: &Consumer<Outgoing>,
     close: &mut watch::Receiver<Option<Close>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
@@ -250,15 +194,10 @@ async fn forward(
         // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
         // reading must not delay the close beyond CLOSE_FLUSH. The decision also resolves when the
         // outbox is dropped: the connection and its operations are gone, nothing more will come.
-        let message = loop {
-            if let Some(message) = queue.pop() {
-                break message;
-            }
-            tokio::select! {
-                biased;
-                _ = &mut decision => return true,
-                () = queue.ready.notified() => {}
-            }
+        let message = tokio::select! {
+            biased;
+            _ = &mut decision => return true,
+            message = queue.next() => message,
         };
         let reserved = message.size();
         let message = message.into_message();
@@ -284,13 +223,12 @@ async fn forward(
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    queue: Writing,
+    queue: Consumer<Outgoing>,
     mut close: watch::Receiver<Option<Close>>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
-    let queue = &queue.0;
-    if !forward(&mut sink, queue, &mut close, &queued, &metrics).await {
+    if !forward(&mut sink, &queue, &mut close, &queued, &metrics).await {
         return;
     }
     let decided = close.borrow().clone();
