@@ -183,7 +183,48 @@ pub(super) struct Connection {
     pub(super) early_pings: u32,
 }
 
+/// The connection loop's own deadlines.
+struct Clock {
+    /// When a connection still without `connection_init` is closed.
+    init_by: Instant,
+    next_ping: Instant,
+    /// When our last ping must have been answered; `None` while none is outstanding.
+    pong_by: Option<Instant>,
+}
+
+/// What a deadline is for, in the order they win when several are due at once.
+#[derive(Clone, Copy)]
+enum Due {
+    Close,
+    Init,
+    Pong,
+    Ping,
+    Warn,
+    Expire,
+}
+
 impl Connection {
+    /// The deadline to wait for: the first in [`Due`]'s order of those already passed, else the
+    /// earliest.
+    fn next_due(&self, clock: &Clock) -> (Instant, Due) {
+        let deadlines = [
+            (self.close_at.as_ref().map(|(at, _)| *at), Due::Close),
+            (self.identity.is_none().then_some(clock.init_by), Due::Init),
+            (clock.pong_by, Due::Pong),
+            (Some(clock.next_ping), Due::Ping),
+            (self.lifetime.warn_at, Due::Warn),
+            (self.lifetime.expire_at, Due::Expire),
+        ];
+        let now = Instant::now();
+        let set = deadlines
+            .into_iter()
+            .filter_map(|(at, due)| at.map(|at| (at, due)));
+        set.clone()
+            .find(|(at, _)| *at <= now)
+            .or_else(|| set.min_by_key(|(at, _)| *at))
+            .unwrap_or((clock.next_ping, Due::Ping))
+    }
+
     async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
@@ -191,12 +232,13 @@ impl Connection {
         control: Consumer<Box<Control>>,
     ) -> Close {
         let connections = &self.state.config.connections;
-        let init_deadline = sleep(self.state.config.auth.connection_init_timeout.get());
-        tokio::pin!(init_deadline);
         let ping_interval = connections.ping_interval.get();
         let pong_timeout = connections.pong_timeout.get();
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        let mut awaiting_pong: Option<Instant> = None;
+        let mut clock = Clock {
+            init_by: Instant::now() + self.state.config.auth.connection_init_timeout.get(),
+            next_ping: Instant::now() + ping_interval,
+            pong_by: None,
+        };
         let mut operations = Operations::new(connections.max_operations as usize);
         let mut identity = self.handle.identity();
         // On shutdown this connection waits its own random share of `server.drain_period` before
@@ -212,6 +254,7 @@ impl Connection {
         tokio::pin!(draining);
 
         loop {
+            let (due_at, due) = self.next_due(&clock);
             tokio::select! {
                 // Order matters: a decided close beats everything, and finished operations are
                 // reaped before new messages so a reused id is not mistaken for a duplicate.
@@ -221,41 +264,46 @@ impl Connection {
                 // Server shutdown, once this connection's turn in the drain period came: it closes
                 // with 1001 so the client reconnects elsewhere.
                 _ = &mut draining => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
-                // A close announced by a notice or a final warning, now that it had time to arrive.
-                _ = Lifetime::until(self.close_at.as_ref().map(|(at, _)| *at)) => {
-                    if let Some((_, close)) = self.close_at.take() {
-                        self.outbox.close(close);
+                // The earliest of the connection's deadlines. One timer serves them all: a timer
+                // per deadline kept ~100 bytes each in every connection's task.
+                () = sleep_until(due_at) => match due {
+                    // A close announced by a notice or a final warning, now that it had time to
+                    // arrive.
+                    Due::Close => {
+                        if let Some((_, close)) = self.close_at.take() {
+                            self.outbox.close(close);
+                        }
                     }
-                }
-                // A client that never sends connection_init must not hold a socket.
-                _ = &mut init_deadline, if self.identity.is_none() => {
-                    self.outbox.close(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout"));
-                }
-                // Our last ping went unanswered: the peer is gone or stuck.
-                _ = sleep_until(awaiting_pong.unwrap_or_else(Instant::now) + pong_timeout), if awaiting_pong.is_some() => {
-                    self.outbox.close(Close::new(code::PONG_TIMEOUT, "Pong timeout"));
-                }
-                // Liveness: a ping frame every ping_interval (and `ka` for legacy clients).
-                _ = ping.tick() => {
-                    if awaiting_pong.is_none() && self.outbox.push(Message::Ping(Default::default())) {
-                        awaiting_pong = Some(Instant::now());
+                    // A client that never sends connection_init must not hold a socket.
+                    Due::Init => self.outbox.close(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout")),
+                    // Our last ping went unanswered: the peer is gone or stuck.
+                    Due::Pong => {
+                        clock.pong_by = None;
+                        self.outbox.close(Close::new(code::PONG_TIMEOUT, "Pong timeout"));
                     }
-                    if self.protocol == Protocols::SubscriptionsTransportWS && self.identity.is_some() {
-                        self.outbox.text(protocol::keep_alive());
+                    // Liveness: a ping frame every ping_interval (and `ka` for legacy clients).
+                    Due::Ping => {
+                        clock.next_ping = Instant::now() + ping_interval;
+                        if clock.pong_by.is_none() && self.outbox.push(Message::Ping(Default::default())) {
+                            clock.pong_by = Some(Instant::now() + pong_timeout);
+                        }
+                        if self.protocol == Protocols::SubscriptionsTransportWS && self.identity.is_some() {
+                            self.outbox.text(protocol::keep_alive());
+                        }
                     }
-                }
-                // The token expires soon: tell the client while it can still refreshAuth.
-                _ = Lifetime::until(self.lifetime.warn_at) => {
-                    self.lifetime.warn_at = None;
-                    let mut notice = Notice::new(NoticeKind::TokenExpiring, "The token expires soon: call refreshAuth to stay connected");
-                    notice.expires_at = self.lifetime.expires_at_utc;
-                    self.handle.notify(notice);
-                }
-                // The token expired (plus leeway) without a refresh.
-                _ = Lifetime::until(self.lifetime.expire_at) => {
-                    self.lifetime.expire_at = None;
-                    self.outbox.close(Close::new(code::FORBIDDEN, "Token expired"));
-                }
+                    // The token expires soon: tell the client while it can still refreshAuth.
+                    Due::Warn => {
+                        self.lifetime.warn_at = None;
+                        let mut notice = Notice::new(NoticeKind::TokenExpiring, "The token expires soon: call refreshAuth to stay connected");
+                        notice.expires_at = self.lifetime.expires_at_utc;
+                        self.handle.notify(notice);
+                    }
+                    // The token expired (plus leeway) without a refresh.
+                    Due::Expire => {
+                        self.lifetime.expire_at = None;
+                        self.outbox.close(Close::new(code::FORBIDDEN, "Token expired"));
+                    }
+                },
                 // Session connections: was the user logged out, or is the session near expiry?
                 // Boxed, like `init`: awaited rarely, their database futures would otherwise
                 // size every connection's task for its whole life.
@@ -291,7 +339,7 @@ impl Connection {
                         let (code, reason) = frame.map(|f| (f.code, f.reason.to_string())).unwrap_or((code::NORMAL, String::new()));
                         return Close::new(code, format!("{CLIENT_CLOSED}{reason}"));
                     }
-                    Some(Ok(Message::Pong(_))) => awaiting_pong = None,
+                    Some(Ok(Message::Pong(_))) => clock.pong_by = None,
                     Some(Ok(Message::Ping(_))) => {} // tungstenite answers pings itself
                     Some(Ok(Message::Text(text))) => self.handle(text.as_bytes(), &mut operations).await,
                     Some(Ok(Message::Binary(bytes))) => self.handle(&bytes, &mut operations).await,

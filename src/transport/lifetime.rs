@@ -96,14 +96,6 @@ impl Lifetime {
         }
     }
 
-    /// Resolves at `at`, or never when there is no such deadline (for `select!` branches).
-    pub async fn until(at: Option<Instant>) {
-        match at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    }
-
     /// Resolves on the next re-validation tick, or never for non-session connections.
     pub async fn revalidation(&mut self) {
         match &mut self.revalidate {
