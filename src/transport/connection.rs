@@ -12,7 +12,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::control::{ConnectionHandle, Control, Notice, NoticeKind};
+use super::control::{ConnectionHandle, Control};
+use super::deadlines::Clock;
 use super::lifetime::Lifetime;
 use super::operations::{Operations, Refused};
 use super::outbox::Outbox;
@@ -183,48 +184,7 @@ pub(super) struct Connection {
     pub(super) early_pings: u32,
 }
 
-/// The connection loop's own deadlines.
-struct Clock {
-    /// When a connection still without `connection_init` is closed.
-    init_by: Instant,
-    next_ping: Instant,
-    /// When our last ping must have been answered; `None` while none is outstanding.
-    pong_by: Option<Instant>,
-}
-
-/// What a deadline is for, in the order they win when several are due at once.
-#[derive(Clone, Copy)]
-enum Due {
-    Close,
-    Init,
-    Pong,
-    Ping,
-    Warn,
-    Expire,
-}
-
 impl Connection {
-    /// The deadline to wait for: the first in [`Due`]'s order of those already passed, else the
-    /// earliest.
-    fn next_due(&self, clock: &Clock) -> (Instant, Due) {
-        let deadlines = [
-            (self.close_at.as_ref().map(|(at, _)| *at), Due::Close),
-            (self.identity.is_none().then_some(clock.init_by), Due::Init),
-            (clock.pong_by, Due::Pong),
-            (Some(clock.next_ping), Due::Ping),
-            (self.lifetime.warn_at, Due::Warn),
-            (self.lifetime.expire_at, Due::Expire),
-        ];
-        let now = Instant::now();
-        let set = deadlines
-            .into_iter()
-            .filter_map(|(at, due)| at.map(|at| (at, due)));
-        set.clone()
-            .find(|(at, _)| *at <= now)
-            .or_else(|| set.min_by_key(|(at, _)| *at))
-            .unwrap_or((clock.next_ping, Due::Ping))
-    }
-
     async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
@@ -232,13 +192,7 @@ impl Connection {
         control: Consumer<Box<Control>>,
     ) -> Close {
         let connections = &self.state.config.connections;
-        let ping_interval = connections.ping_interval.get();
-        let pong_timeout = connections.pong_timeout.get();
-        let mut clock = Clock {
-            init_by: Instant::now() + self.state.config.auth.connection_init_timeout.get(),
-            next_ping: Instant::now() + ping_interval,
-            pong_by: None,
-        };
+        let mut clock = Clock::new(&self.state.config);
         let mut operations = Operations::new(connections.max_operations as usize);
         let mut identity = self.handle.identity();
         // On shutdown this connection waits its own random share of `server.drain_period` before
@@ -266,44 +220,7 @@ impl Connection {
                 _ = &mut draining => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
                 // The earliest of the connection's deadlines. One timer serves them all: a timer
                 // per deadline kept ~100 bytes each in every connection's task.
-                () = sleep_until(due_at) => match due {
-                    // A close announced by a notice or a final warning, now that it had time to
-                    // arrive.
-                    Due::Close => {
-                        if let Some((_, close)) = self.close_at.take() {
-                            self.outbox.close(close);
-                        }
-                    }
-                    // A client that never sends connection_init must not hold a socket.
-                    Due::Init => self.outbox.close(Close::new(code::INIT_TIMEOUT, "Connection initialisation timeout")),
-                    // Our last ping went unanswered: the peer is gone or stuck.
-                    Due::Pong => {
-                        clock.pong_by = None;
-                        self.outbox.close(Close::new(code::PONG_TIMEOUT, "Pong timeout"));
-                    }
-                    // Liveness: a ping frame every ping_interval (and `ka` for legacy clients).
-                    Due::Ping => {
-                        clock.next_ping = Instant::now() + ping_interval;
-                        if clock.pong_by.is_none() && self.outbox.push(Message::Ping(Default::default())) {
-                            clock.pong_by = Some(Instant::now() + pong_timeout);
-                        }
-                        if self.protocol == Protocols::SubscriptionsTransportWS && self.identity.is_some() {
-                            self.outbox.text(protocol::keep_alive());
-                        }
-                    }
-                    // The token expires soon: tell the client while it can still refreshAuth.
-                    Due::Warn => {
-                        self.lifetime.warn_at = None;
-                        let mut notice = Notice::new(NoticeKind::TokenExpiring, "The token expires soon: call refreshAuth to stay connected");
-                        notice.expires_at = self.lifetime.expires_at_utc;
-                        self.handle.notify(notice);
-                    }
-                    // The token expired (plus leeway) without a refresh.
-                    Due::Expire => {
-                        self.lifetime.expire_at = None;
-                        self.outbox.close(Close::new(code::FORBIDDEN, "Token expired"));
-                    }
-                },
+                () = sleep_until(due_at) => self.on_due(due, &mut clock),
                 // Session connections: was the user logged out, or is the session near expiry?
                 // Boxed, like `init`: awaited rarely, their database futures would otherwise
                 // size every connection's task for its whole life.

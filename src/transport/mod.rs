@@ -5,6 +5,7 @@
 
 mod connection;
 pub mod control;
+mod deadlines;
 mod frame;
 mod init;
 mod lifetime;
