@@ -24,6 +24,7 @@ pub mod reload;
 pub mod retention;
 pub mod routes;
 pub mod startup;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod topics;

@@ -15,12 +15,13 @@
 //! or the in-process bus's publish) and by subscribers joining and leaving.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
 use crate::bus::Event;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 mod live;
 
@@ -133,10 +134,7 @@ impl Fanout {
     }
 
     fn shard(&self, shard: usize) -> MutexGuard<'_, Shard> {
-        // Nothing panics while holding the lock; recovering keeps a Drop from ever panicking.
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[shard])
     }
 
     /// Follows `topic` until the returned member is dropped.

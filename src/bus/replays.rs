@@ -11,7 +11,7 @@
 //! waiting for itself never holds a slot of the instance.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -70,10 +70,7 @@ impl Replays {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Semaphore>>> {
-        // Nothing panics while holding the lock; recovering keeps a Drop from ever panicking.
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.connections)
     }
 }
 

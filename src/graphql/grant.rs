@@ -4,11 +4,11 @@
 //! again under the new one, and ends with a FORBIDDEN `error` on its id when the grant is gone.
 //! Subscriptions whose grant holds keep running untouched. A parked member of a shared
 //! subscription has no stream to watch with: its connection re-checks it (`share::recheck_parked`)
-//! with the same [`Regrant`]. A grant that cannot be checked (the
-//! database behind a `member` grant is down) is not kept either: the subscription ends with
-//! INTERNAL_SERVER_ERROR, as it would have been refused at its start.
+//! with the same [`Regrant`]. A grant that cannot be checked (the database behind a `member` grant
+//! is down) is not kept either: the subscription ends with INTERNAL_SERVER_ERROR, as it would have
+//! been refused at its start.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{Context, PathSegment, Pos, ServerError};
 use futures_util::stream::BoxStream;
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::{Caller, Gate};
 use crate::auth::Identity;
+use crate::sync::lock;
 use crate::topics::Action;
 
 /// How a WebSocket operation ends with an `error` message on its id instead of `complete`: a
@@ -29,11 +30,11 @@ pub struct Ending(Arc<Mutex<Option<ServerError>>>);
 impl Ending {
     /// Why the operation ended, if it ended in an error.
     pub fn take(&self) -> Option<ServerError> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        lock(&self.0).take()
     }
 
     fn set(&self, error: ServerError) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *lock(&self.0) = Some(error);
     }
 }
 

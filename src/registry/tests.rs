@@ -33,7 +33,7 @@ fn handle(id: &str) -> (ConnectionHandle, Consumer<Box<Control>>) {
 }
 
 /// The close the connection was told about, waiting a little for it to arrive.
-async fn closed_with(rx: &mut Consumer<Box<Control>>) -> Option<(NoticeKind, u16)> {
+async fn closed_with(rx: &Consumer<Box<Control>>) -> Option<(NoticeKind, u16)> {
     match tokio::time::timeout(Duration::from_millis(200), rx.next()).await {
         Ok(control) => match *control {
             Control::Close { notice, close } => Some((notice?.kind, close.code)),
@@ -70,13 +70,13 @@ async fn addresses_of_one_ipv6_prefix_share_the_slots_of_one_ip() {
 #[tokio::test]
 async fn close_oldest_tells_the_oldest_connection_it_was_replaced() {
     let registry = registry(&config(1, OnUserLimit::CloseOldest), memory_bus(), "a");
-    let (old, mut old_rx) = handle("old");
+    let (old, old_rx) = handle("old");
     let (new, _new_rx) = handle("new");
     let _old_slot = registry.admit_user("u", old, None).await.unwrap();
     let (_slot, replaced) = registry.admit_user("u", new, None).await.unwrap();
     assert_eq!(replaced, ["old"]);
     assert_eq!(
-        closed_with(&mut old_rx).await,
+        closed_with(&old_rx).await,
         Some((NoticeKind::Replaced, code::POLICY))
     );
 }
@@ -97,7 +97,7 @@ async fn reject_new_refuses_once_the_user_is_full_and_admits_after_a_release() {
 async fn a_replace_order_for_a_connection_still_being_admitted_closes_it_on_arrival() {
     let mut local = Local::default();
     local.replace("u", "late");
-    let (late, mut late_rx) = handle("late");
+    let (late, late_rx) = handle("late");
     let member = Member {
         handle: late,
         session: None,
@@ -105,7 +105,7 @@ async fn a_replace_order_for_a_connection_still_being_admitted_closes_it_on_arri
     };
     local.insert_user("u", member);
     assert_eq!(
-        closed_with(&mut late_rx).await,
+        closed_with(&late_rx).await,
         Some((NoticeKind::Replaced, code::POLICY))
     );
 }
@@ -123,9 +123,9 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
         registry.follow_orders().await;
         tokio::spawn(registry.clone().run(shutdown.clone()));
     }
-    let (on_a, mut on_a_rx) = handle("on-a");
-    let (on_b, mut on_b_rx) = handle("on-b");
-    let (bob, mut bob_rx) = handle("bob");
+    let (on_a, on_a_rx) = handle("on-a");
+    let (on_b, on_b_rx) = handle("on-b");
+    let (bob, bob_rx) = handle("bob");
     let _slots = (
         a.admit_user("alice", on_a, Some("s1".into()))
             .await
@@ -153,20 +153,16 @@ async fn a_revoke_on_one_instance_closes_the_connections_another_holds_and_each_
         "the session id itself stays off the bus"
     );
     assert_eq!(
-        closed_with(&mut on_b_rx).await,
+        closed_with(&on_b_rx).await,
         Some((NoticeKind::Revoked, code::FORBIDDEN))
     );
     assert_eq!(
-        closed_with(&mut on_a_rx).await,
+        closed_with(&on_a_rx).await,
         Some((NoticeKind::Revoked, code::FORBIDDEN))
     );
-    assert_eq!(
-        closed_with(&mut bob_rx).await,
-        None,
-        "bob keeps his connection"
-    );
-    assert_eq!(closed_with(&mut on_a_rx).await, None, "told once");
-    assert_eq!(closed_with(&mut on_b_rx).await, None, "told once");
+    assert_eq!(closed_with(&bob_rx).await, None, "bob keeps his connection");
+    assert_eq!(closed_with(&on_a_rx).await, None, "told once");
+    assert_eq!(closed_with(&on_b_rx).await, None, "told once");
     shutdown.cancel();
 }
 
@@ -176,7 +172,7 @@ async fn an_instance_carries_out_its_own_revoke_once_and_ignores_its_echo() {
     let shutdown = CancellationToken::new();
     registry.follow_orders().await;
     tokio::spawn(registry.clone().run(shutdown.clone()));
-    let (alice, mut alice_rx) = handle("alice-1");
+    let (alice, alice_rx) = handle("alice-1");
     let _slot = registry.admit_user("alice", alice, None).await.unwrap();
     let revocation = registry.revoke(Some("alice"), None).await;
     assert_eq!(
@@ -186,7 +182,7 @@ async fn an_instance_carries_out_its_own_revoke_once_and_ignores_its_echo() {
             notified: true
         }
     );
-    assert!(closed_with(&mut alice_rx).await.is_some());
-    assert_eq!(closed_with(&mut alice_rx).await, None, "told once");
+    assert!(closed_with(&alice_rx).await.is_some());
+    assert_eq!(closed_with(&alice_rx).await, None, "told once");
     shutdown.cancel();
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::auth::Identity;
 use crate::config::LiveConfig;
 use crate::limits::budget::Budget;
+use crate::sync::lock;
 
 /// Control messages queued per connection. Senders are administrative (revocation, a newer
 /// connection of the same user, `refreshAuth`), so a small queue suffices; a full one means the
@@ -147,11 +148,7 @@ impl ConnectionHandle {
     }
 
     fn standing(&self) -> std::sync::MutexGuard<'_, Option<Notice>> {
-        // A panic while holding this lock cannot leave the `Option` half-written.
-        self.notices
-            .standing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.notices.standing)
     }
 
     /// Follows who the connection is authenticated as.

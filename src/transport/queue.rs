@@ -5,9 +5,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+
+use crate::sync::lock;
 
 /// Kept when the queue drains, so a steady trickle does not reallocate; a burst's larger
 /// allocation is given back.
@@ -54,15 +56,10 @@ impl<T> std::fmt::Debug for Queue<T> {
 }
 
 impl<T> Queue<T> {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
-        // Nothing panics while holding it; a poisoned queue is still a consistent deque.
-        self.items.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Queues `item` without waiting.
     pub fn push(&self, item: T) -> Result<(), Refused> {
         {
-            let mut items = self.lock();
+            let mut items = lock(&self.items);
             if self.gone.load(Ordering::Acquire) {
                 return Err(Refused::Gone);
             }
@@ -79,7 +76,7 @@ impl<T> Queue<T> {
 impl<T> Consumer<T> {
     /// The oldest item, if any.
     pub fn pop(&self) -> Option<T> {
-        let mut items = self.0.lock();
+        let mut items = lock(&self.0.items);
         let item = items.pop_front();
         if items.is_empty() && items.capacity() > KEPT_CAPACITY {
             items.shrink_to(KEPT_CAPACITY);

@@ -12,8 +12,8 @@
 //! The authorization scope of a result is the topic grant alone: `events` and `messages` return
 //! the event's own fields, and none of them reads who is asking. Each member's grant was checked
 //! when it joined and is checked again when its connection's identity changes: its connection
-//! calls [`recheck_parked`] with its parked seats. Until that check ends, events go on reaching it under the grant it had, which its earlier, still valid,
-//! credentials gave. A subscription that resumes (`after`) replays on its own and is not shared,
+//! calls [`recheck_parked`] with its parked seats. Until that check ends, events go on reaching it
+//! under the grant it had, which its earlier, still valid, credentials gave. A subscription that resumes (`after`) replays on its own and is not shared,
 //! nor is an operation with more than one root field.
 //!
 //! Locks are taken in one order: a seat, the group table, a group's members. A group's members
@@ -23,7 +23,7 @@
 mod seat;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_graphql::{Request, Response, Variables};
 use futures_util::StreamExt;
@@ -33,14 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppSchema;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 use crate::transport::outbox::Outbox;
 
 pub use seat::{Parked, Seat, recheck_parked, seat};
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; recovering keeps a Drop from ever panicking.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// This instance's groups, by what their members asked for.
 pub struct Shares {

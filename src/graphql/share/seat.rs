@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::{Context, ErrorExtensions, Request, Variables};
 
-use super::{Group, Key, Member, Readiness, Shares, lock};
+use super::{Group, Key, Member, Readiness, Shares};
 use crate::auth::Identity;
 use crate::error::Error;
 use crate::graphql::grant::Regrant;
 use crate::presence::Guard;
+use crate::sync::lock;
 use crate::transport::outbox::Outbox;
 use crate::transport::protocol;
 
@@ -188,13 +189,14 @@ impl Seat {
     pub(super) fn end(&self, error: Option<async_graphql::ServerError>) {
         let taken = {
             let mut state = lock(&self.0);
-            if !matches!(*state, State::Taken(_)) {
-                return;
+            match std::mem::replace(&mut *state, State::Ended) {
+                State::Taken(taken) => taken,
+                // Not taken: put it back; the transport left it first.
+                other => {
+                    *state = other;
+                    return;
+                }
             }
-            let State::Taken(taken) = std::mem::replace(&mut *state, State::Ended) else {
-                return;
-            };
-            taken
         };
         taken.shares.leave(&taken.group, taken.member);
         let frame = match error {
