@@ -62,9 +62,18 @@ ensure_promtool() {
     fi
 }
 
+# `ss` reads a listener's queue length back from the kernel for the listen_backlog test.
+ensure_ss() {
+    if ! command -v ss >/dev/null 2>&1; then
+        echo "test.sh: installing ss (Debian's iproute2 package)"
+        apt_install --no-install-recommends iproute2
+    fi
+}
+
 ensure_postgres
 ensure_redis
 ensure_promtool
+ensure_ss
 
 # `#[sqlx::test]` creates a fresh database per test through this server. The password is ignored
 # where the server trusts local connections.

@@ -225,13 +225,13 @@ impl Application {
             tracker,
             config: config.clone(),
         }));
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let backlog = config.server.listen_backlog;
+        warn_if_capped(backlog);
+        let listener = bind(config.server.listen, backlog)
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
         let admin_listener = match config.server.admin_listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
+                bind(addr, backlog)
                     .with_context(|| format!("binding server.admin_listen {addr}"))?,
             ),
             None => None,
@@ -385,5 +385,35 @@ impl Application {
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Binds `addr` with a listen queue of `backlog` connections. `TcpListener::bind` always asks for
+/// 1024, which a reconnect storm overflows (see `server.listen_backlog`).
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server may bind while its old connections linger
+    // in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The kernel cuts a longer queue to `net.core.somaxconn` without an error, so say so where
+/// ops will look, rather than let them believe the setting took.
+fn warn_if_capped(backlog: u32) {
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    if let Some(cap) = cap.filter(|&cap| backlog > cap) {
+        tracing::warn!(
+            listen_backlog = backlog,
+            somaxconn = cap,
+            "server.listen_backlog is above net.core.somaxconn; the kernel uses {cap}"
+        );
     }
 }

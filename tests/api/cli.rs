@@ -193,3 +193,10 @@ fn a_shutdown_grace_shorter_than_the_default_drain_period_still_loads() {
     let (ok, _, stderr) = check("server:\n  shutdown_grace: 2s\n");
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn a_listen_backlog_of_zero_is_refused_with_its_path() {
+    let (ok, _, stderr) = check("server:\n  listen_backlog: 0\n");
+    assert!(!ok);
+    assert!(stderr.contains("server.listen_backlog"), "{stderr}");
+}

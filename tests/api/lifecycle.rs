@@ -1,6 +1,6 @@
 use palisade::db::Database;
 
-use crate::helpers::{connection_rows, spawn_app};
+use crate::helpers::{connection_rows, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001_writes_their_rows_and_stops_listening() {
@@ -87,5 +87,35 @@ async fn shutdown_spreads_websocket_closes_over_the_drain_period() {
     assert!(
         last - first > Duration::from_millis(500),
         "closes were not spread: {first:?}..{last:?}"
+    );
+}
+
+/// The queue length the kernel gives the listener on `port`, as `ss` reports it (the Send-Q of a
+/// listening socket).
+fn listen_queue_of(port: u16) -> u32 {
+    let output = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) is installed; scripts/test.sh installs it");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let columns: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(columns.first(), Some(&"LISTEN"), "{text}");
+    columns[2].parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_listener_queues_as_many_handshaken_connections_as_listen_backlog_says() {
+    let app = spawn_app_with(|c| c.server.listen_backlog = 77).await;
+    assert_eq!(listen_queue_of(app.addr.port()), 77);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let app = spawn_app().await;
+    assert_eq!(
+        listen_queue_of(app.addr.port()),
+        4096.min(somaxconn),
+        "the default, as far as the kernel allows it"
     );
 }
