@@ -326,6 +326,18 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
         "0",
     );
     row(
+        "reconnect storm: reconnects retried (graphql-ws backoff)",
+        &|x| x.storm.retries as f64,
+        "",
+        "report",
+    );
+    row(
+        "reconnect storm: clients still not back after 5 attempts",
+        &|x| x.storm.failed as f64,
+        "",
+        "0",
+    );
+    row(
         "events lost over the six single-topic fan-out runs",
         &|x| x.fanout.iter().chain(&x.paced).map(|d| d.lost).sum::<u64>() as f64,
         "",

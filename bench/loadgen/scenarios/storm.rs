@@ -3,9 +3,11 @@
 //! exactly once; the figure is how long until all are subscribed again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -17,8 +19,16 @@ use crate::target::{Kind, Server};
 
 const TOPIC: &str = "bench:storm";
 
-/// How long after the cut the run waits for stragglers before it counts what arrived.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long deliveries may stop arriving, after the last publish, before the rest count as lost.
+/// Measured from the last new event any client saw: resumes replay after publishing has ended.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The longest wait for deliveries after the last publish, however slowly they come.
+const DRAIN_CAP: Duration = Duration::from_secs(120);
+
+/// Reconnect attempts per client after the cut. A real client retries (graphql-ws: after 1 s,
+/// 2 s, 4 s… plus 0.3–3 s of jitter); one that gave up after this many counts as failed.
+const ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Serialize)]
 pub struct Storm {
@@ -29,6 +39,8 @@ pub struct Storm {
     pub resubscribed_seconds: f64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Reconnects that failed and were retried, over all clients.
+    pub retries: u64,
     pub failed: usize,
 }
 
@@ -36,6 +48,8 @@ pub struct Storm {
 struct Seen {
     last_id: Option<String>,
     counts: Vec<u8>,
+    /// Events seen for the first time, over all clients: the drain waits for it to stop moving.
+    fresh: Arc<AtomicU64>,
 }
 
 impl Seen {
@@ -44,6 +58,9 @@ impl Seen {
             self.last_id = Some(id.to_string());
         }
         if let Some(n) = number(text, "\"n\":").and_then(|n| self.counts.get_mut(n as usize)) {
+            if *n == 0 {
+                self.fresh.fetch_add(1, Ordering::Relaxed);
+            }
             *n = n.saturating_add(1);
         }
     }
@@ -63,6 +80,36 @@ async fn read(ws: &mut client::Socket, seen: &mut Seen, until: &CancellationToke
     }
 }
 
+/// Reconnects and resubscribes after the last event seen, retrying as a graphql-ws client does.
+async fn resume(
+    server: &Server,
+    token: &str,
+    n: usize,
+    after: Option<&str>,
+    retries: &AtomicU64,
+) -> anyhow::Result<client::Socket> {
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut ws = client::connect(&server.url, token, source_address(n)).await?;
+            client::subscribe(&mut ws, "1", TOPIC, after).await?;
+            anyhow::Ok(ws)
+        }
+        .await;
+        attempt += 1;
+        match result {
+            Ok(ws) => return Ok(ws),
+            Err(error) if attempt == ATTEMPTS => return Err(error),
+            Err(_) => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                let jitter = rand::rng().random_range(300..3000);
+                let wait = Duration::from_secs(1 << (attempt - 1)) + Duration::from_millis(jitter);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyhow::Result<Storm> {
     let server = Arc::new(Server::start(kind, None).await?);
     let cut = CancellationToken::new();
@@ -71,14 +118,18 @@ pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyh
     let ready = Arc::new(Barrier::new(clients + 1));
     // Limits how many connect at once in the first wave; the storm itself is unthrottled.
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let fresh = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..clients {
-        let (server, cut, done, ready, gate) = (
+        let (server, cut, done, ready, gate, fresh, retries) = (
             server.clone(),
             cut.clone(),
             done.clone(),
             ready.clone(),
             gate.clone(),
+            fresh.clone(),
+            retries.clone(),
         );
         // One task per client: connect, read until the cut, drop the socket, reconnect with
         // `after`, read until the run is over.
@@ -86,6 +137,7 @@ pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyh
             let mut seen = Seen {
                 last_id: None,
                 counts: vec![0; events],
+                fresh,
             };
             let token = token(&format!("s{n}"), false);
             let first = async {
@@ -99,8 +151,7 @@ pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyh
             let mut ws = first?;
             read(&mut ws, &mut seen, &cut).await;
             drop(ws);
-            let mut ws = client::connect(&server.url, &token, source_address(n)).await?;
-            client::subscribe(&mut ws, "1", TOPIC, seen.last_id.as_deref()).await?;
+            let mut ws = resume(&server, &token, n, seen.last_id.as_deref(), &retries).await?;
             let resubscribed = Instant::now();
             read(&mut ws, &mut seen, &done).await;
             anyhow::Ok((resubscribed, seen.counts))
@@ -132,7 +183,19 @@ pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyh
     let cut_at = Instant::now();
     cut.cancel();
     publishing.await??;
-    tokio::time::sleep(DRAIN).await;
+    let expected = (clients * events) as u64;
+    let cap = Instant::now() + DRAIN_CAP;
+    let (mut last_count, mut last_change) = (0, Instant::now());
+    while Instant::now() < cap && last_change.elapsed() < DRAIN {
+        let now = fresh.load(Ordering::Relaxed);
+        if now >= expected {
+            break;
+        }
+        if now != last_count {
+            (last_count, last_change) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     done.cancel();
     let (mut last, mut lost, mut duplicated, mut failed) = (cut_at, 0u64, 0u64, 0);
     while let Some(result) = tasks.join_next().await {
@@ -155,6 +218,7 @@ pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyh
         resubscribed_seconds: last.duration_since(cut_at).as_secs_f64(),
         lost,
         duplicated,
+        retries: retries.load(Ordering::Relaxed),
         failed,
     })
 }
