@@ -101,6 +101,11 @@ async fn run(schema: &graphql::AppSchema, caller: &Caller, n: usize) -> Duration
                 serde_json::json!({ "a": true }),
             ))
             .data(caller.clone());
+        // As the connection loop does: a ticket per message, so the guard counts the budget.
+        let request = match &caller.connection {
+            Some(handle) => request.data(handle.budget.ticket()),
+            None => request,
+        };
         let response = schema.execute(request).await;
         assert!(response.is_ok(), "{:?}", response.errors);
     }

@@ -372,7 +372,7 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
     }
     let _ = writeln!(
         md,
-        "**Churn** ({} connects/s for {} s, each living 5 s, Palisade{}): RSS {:.1} MiB at steady state, {:.1} MiB at the end, drift {:+.1}% (target: under 5%); Redis keys left other than the bus's stream history: {}.\n",
+        "**Churn** ({} connects/s for {} s, each living 5 s, Palisade{}): RSS {:.1} MiB at steady state ({} s in, once the once-a-minute sweeps of idle rate-limit state balance arrivals), {:.1} MiB at the end, drift {:+.1}% (target: under 5%); RSS each minute from the start: {} MiB; Redis keys left other than the bus's stream history: {}.\n",
         churn.per_second,
         churn.seconds,
         if churn.redis_keys_left.is_some() {
@@ -381,8 +381,15 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
             ", in-process bus"
         },
         churn.rss_steady as f64 / 1048576.0,
+        churn.steady_after_seconds,
         churn.rss_end as f64 / 1048576.0,
         churn.drift_percent,
+        churn
+            .rss_series
+            .iter()
+            .map(|rss| format!("{:.1}", *rss as f64 / 1048576.0))
+            .collect::<Vec<_>>()
+            .join(", "),
         churn
             .redis_keys_left
             .as_ref()

@@ -316,15 +316,16 @@ pub fn build(services: Services) -> AppSchema {
         builder
     };
     let shares = Shares::new(schema().finish(), metrics.clone());
-    let mut builder = schema().data(shares).extension(observe::Observe(metrics));
     if unguarded {
         tracing::warn!(
             "running without the per-operation guard (--unguarded): no depth, complexity, alias, token, directive or budget limit applies"
         );
-    } else {
-        builder = builder.extension(guard);
     }
-    builder.finish()
+    let observe = observe::Observe {
+        metrics,
+        guard: (!unguarded).then_some(guard),
+    };
+    schema().data(shares).extension(observe).finish()
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.

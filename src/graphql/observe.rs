@@ -1,6 +1,10 @@
 //! Counts operations by type and outcome. Over WebSocket the `request` hook never runs, so the type
 //! is read when the document is parsed and the outcome after validation (rejections), after
 //! execution (queries and mutations), or at start (subscriptions, whose `execute` runs per event).
+//!
+//! It is the schema's one extension, and runs the per-operation guard from its hooks (inside
+//! the counting, so a refusal counts as rejected) unless the server is `--unguarded`: each
+//! extension async-graphql runs costs a boxed future per hook and per resolved field.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,14 +16,20 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
 
 use crate::limits::document::selected_operation;
+use crate::limits::guard::{Guard, GuardOperation};
 use crate::metrics::Metrics;
 
-pub struct Observe(pub Arc<Metrics>);
+pub struct Observe {
+    pub metrics: Arc<Metrics>,
+    /// `None` when serving `--unguarded`.
+    pub guard: Option<Guard>,
+}
 
 impl ExtensionFactory for Observe {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(ObserveOperation {
-            metrics: self.0.clone(),
+            metrics: self.metrics.clone(),
+            guard: self.guard.as_ref().map(Guard::operation),
             name: Mutex::default(),
             kind: Mutex::new("unknown"),
         })
@@ -29,6 +39,7 @@ impl ExtensionFactory for Observe {
 /// One per operation (async-graphql creates extensions per operation).
 struct ObserveOperation {
     metrics: Arc<Metrics>,
+    guard: Option<GuardOperation>,
     name: Mutex<Option<String>>,
     kind: Mutex<&'static str>,
 }
@@ -61,7 +72,10 @@ impl Extension for ObserveOperation {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
-        let prepared = next.run(ctx, request).await;
+        let prepared = match &self.guard {
+            Some(guard) => guard.prepare_request(ctx, request, next).await,
+            None => next.run(ctx, request).await,
+        };
         if prepared.is_err() {
             self.count("rejected");
         }
@@ -75,7 +89,10 @@ impl Extension for ObserveOperation {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let parsed = next.run(ctx, query, variables).await;
+        let parsed = match &self.guard {
+            Some(guard) => guard.parse_query(ctx, query, variables, next).await,
+            None => next.run(ctx, query, variables).await,
+        };
         match &parsed {
             Ok(doc) => {
                 let name = self.name.lock().expect("lock poisoned").clone();
@@ -91,7 +108,10 @@ impl Extension for ObserveOperation {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        let validated = next.run(ctx).await;
+        let validated = match &self.guard {
+            Some(guard) => guard.validation(ctx, next).await,
+            None => next.run(ctx).await,
+        };
         match &validated {
             Err(_) => self.count("rejected"),
             Ok(_) if *self.kind.lock().expect("lock poisoned") == "subscription" => {
@@ -108,7 +128,10 @@ impl Extension for ObserveOperation {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        let response = next.run(ctx, operation_name).await;
+        let response = match &self.guard {
+            Some(guard) => guard.execute(ctx, operation_name, next).await,
+            None => next.run(ctx, operation_name).await,
+        };
         if *self.kind.lock().expect("lock poisoned") != "subscription" {
             self.count(if response.is_ok() { "ok" } else { "error" });
         }

@@ -248,13 +248,21 @@ pub struct Ticket {
 impl Ticket {
     /// Counts the operation once every earlier ticket has had its turn.
     pub async fn count(&self) -> Verdict {
+        // Nearly always the ticket's turn has come (operations on a connection rarely overtake
+        // each other): then there is nothing to wait for, nor a receiver to make.
+        if self.budget.turns.borrow().serving < self.seq {
+            self.wait_turn().await;
+        }
+        let verdict = self.budget.consume();
+        self.release();
+        verdict
+    }
+
+    async fn wait_turn(&self) {
         let mut turns = self.budget.turns.subscribe();
         // The budget owns the sender and outlives its tickets, so the wait cannot fail; the
         // borrow it returns is dropped at once, before `finish` needs the value.
         let _ = turns.wait_for(|t| t.serving >= self.seq).await;
-        let verdict = self.budget.consume();
-        self.release();
-        verdict
     }
 
     /// Gives up the turn without counting (exempt operations).
