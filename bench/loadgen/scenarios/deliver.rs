@@ -86,19 +86,7 @@ pub async fn run(kind: Kind, servers: &[Server], shape: &Shape<'_>) -> anyhow::R
     let cpu: Duration = servers.iter().map(Server::cpu).sum();
     let started = Instant::now();
     publish(&servers[0], &shape.publishing).await?;
-    let cap = Instant::now() + DRAIN_CAP;
-    let (mut last_count, mut last_change) = (0, Instant::now());
-    while Instant::now() < cap && last_change.elapsed() < DRAIN {
-        let now = tally.deliveries.load(Ordering::Relaxed);
-        if now >= expected {
-            last_change = Instant::now();
-            break;
-        }
-        if now != last_count {
-            (last_count, last_change) = (now, Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let last_change = super::drain(&tally.deliveries, expected, DRAIN, DRAIN_CAP).await;
     let deliveries = tally.deliveries.load(Ordering::Relaxed);
     let elapsed = last_change.duration_since(started);
     let server_cpu_seconds =

@@ -8,7 +8,8 @@ pub mod overhead;
 pub mod storm;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt, stream};
 use hdrhistogram::Histogram;
@@ -31,6 +32,25 @@ const PACED_WINDOW: usize = 64;
 
 /// One connection in this many records latency: enough samples, a bounded cost.
 const LATENCY_SAMPLE: usize = 10;
+
+/// Waits until `count` reaches `expected`, has not moved for `quiet`, or `cap` has passed, and
+/// returns when it last moved (or reached `expected`): what arrives after publishing ended is a
+/// backlog in flight, not lost, for as long as it keeps arriving.
+pub async fn drain(count: &AtomicU64, expected: u64, quiet: Duration, cap: Duration) -> Instant {
+    let cap = Instant::now() + cap;
+    let (mut last_count, mut last_change) = (0, Instant::now());
+    while Instant::now() < cap && last_change.elapsed() < quiet {
+        let now = count.load(Ordering::Relaxed);
+        if now >= expected {
+            return Instant::now();
+        }
+        if now != last_count {
+            (last_count, last_change) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    last_change
+}
 
 /// A token for `user`, valid for an hour; `service` adds the publishing role.
 pub fn token(user: &str, service: bool) -> String {

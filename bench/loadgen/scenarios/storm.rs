@@ -183,19 +183,7 @@ pub async fn storm(kind: Kind, clients: usize, events: usize, rate: u32) -> anyh
     let cut_at = Instant::now();
     cut.cancel();
     publishing.await??;
-    let expected = (clients * events) as u64;
-    let cap = Instant::now() + DRAIN_CAP;
-    let (mut last_count, mut last_change) = (0, Instant::now());
-    while Instant::now() < cap && last_change.elapsed() < DRAIN {
-        let now = fresh.load(Ordering::Relaxed);
-        if now >= expected {
-            break;
-        }
-        if now != last_count {
-            (last_count, last_change) = (now, Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::drain(&fresh, (clients * events) as u64, DRAIN, DRAIN_CAP).await;
     done.cancel();
     let (mut last, mut lost, mut duplicated, mut failed) = (cut_at, 0u64, 0u64, 0);
     while let Some(result) = tasks.join_next().await {
