@@ -139,6 +139,7 @@ impl Row for Recorded {
                     .push_bind(at);
             })
             .build()
+            .persistent(false)
             .execute(pool)
             .await
             .map(drop)

@@ -103,6 +103,7 @@ impl Row for Event {
                         .push_bind(ending.map(|e| e.1));
                 })
                 .build()
+                .persistent(false)
                 .execute(pool)
                 .await
                 .map(drop)
@@ -125,6 +126,7 @@ impl Row for Event {
                 update
                     .push(") AS v WHERE c.id = v.column1")
                     .build()
+                    .persistent(false)
                     .execute(pool)
                     .await
                     .map(drop)

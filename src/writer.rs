@@ -38,7 +38,10 @@ pub trait Row: Send + Sync + 'static {
 
     /// Writes `rows` (at most [`BATCH`], in the order they were recorded), each statement a
     /// multi-row one. No transaction: every statement is atomic by itself, and `BEGIN` and
-    /// `COMMIT` would be two more round trips, each a wait for the writer's turn.
+    /// `COMMIT` would be two more round trips, each a wait for the writer's turn. Statements are
+    /// not cached (`persistent(false)`): their text changes with the number of rows, and sqlx's
+    /// cache of up to 100 per pooled connection kept a prepared program for each batch size met
+    /// (~1.5 KiB of SQLite heap per idle connection between 5k and 15k, by `heaptrack`).
     fn write<'a>(
         rows: &'a [Self],
         db: &'a Database,

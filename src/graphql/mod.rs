@@ -216,7 +216,7 @@ async fn park(
     {
         // The connection re-checks the seats parked when its identity changes; a change that came
         // before this seat was parked is checked here.
-        let now = handle.identity().borrow().clone();
+        let now = handle.current_identity();
         if !grant::same(now.as_ref(), caller.identity.as_ref()) {
             seat.recheck(now.as_deref()).await;
         }

@@ -21,10 +21,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::config::{LiveConfig, OnExceed, RateLimit};
+use crate::sync::lock;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -139,8 +140,10 @@ pub struct Budget {
     /// front, and most connections never listen. Until then a warning has nobody to reach (the
     /// numbers also ride on every result).
     warnings: OnceLock<broadcast::Sender<Warning>>,
-    /// Waiting tickets watch it for their turn.
-    turns: watch::Sender<Turns>,
+    turns: Mutex<Turns>,
+    /// Wakes waiting tickets when the turn moves on. A `Notify` instead of a watch channel:
+    /// every connection has a budget, and a watch channel's state is ~350 bytes.
+    turned: Notify,
     /// Set by the first refusal that closes the connection: however many operations are refused
     /// before the close, one final warning goes out.
     closing: AtomicBool,
@@ -159,20 +162,19 @@ impl Budget {
             live,
             quota: Mutex::new(quota),
             warnings: OnceLock::new(),
-            turns: watch::Sender::new(Turns::default()),
+            turns: Mutex::default(),
+            turned: Notify::new(),
             closing: AtomicBool::new(false),
         }
     }
 
     /// A place in the counting order, taken when a message arrives.
     pub fn ticket(self: &Arc<Self>) -> Ticket {
-        let mut seq = 0;
-        // Nobody waits for a ticket to be handed out: no wake-up.
-        self.turns.send_if_modified(|turns| {
-            seq = turns.issued;
+        let seq = {
+            let mut turns = lock(&self.turns);
             turns.issued += 1;
-            false
-        });
+            turns.issued - 1
+        };
         Ticket {
             budget: self.clone(),
             seq,
@@ -233,7 +235,13 @@ impl Budget {
     }
 
     fn finish(&self, seq: u64) {
-        self.turns.send_if_modified(|turns| turns.finish(seq));
+        if lock(&self.turns).finish(seq) {
+            self.turned.notify_waiters();
+        }
+    }
+
+    fn has_turn(&self, seq: u64) -> bool {
+        lock(&self.turns).serving >= seq
     }
 }
 
@@ -250,7 +258,7 @@ impl Ticket {
     pub async fn count(&self) -> Verdict {
         // Nearly always the ticket's turn has come (operations on a connection rarely overtake
         // each other): then there is nothing to wait for, nor a receiver to make.
-        if self.budget.turns.borrow().serving < self.seq {
+        if !self.budget.has_turn(self.seq) {
             self.wait_turn().await;
         }
         let verdict = self.budget.consume();
@@ -259,10 +267,16 @@ impl Ticket {
     }
 
     async fn wait_turn(&self) {
-        let mut turns = self.budget.turns.subscribe();
-        // The budget owns the sender and outlives its tickets, so the wait cannot fail; the
-        // borrow it returns is dropped at once, before `finish` needs the value.
-        let _ = turns.wait_for(|t| t.serving >= self.seq).await;
+        loop {
+            // Registered before the check, so a turn that moves on in between still wakes it.
+            let turned = self.budget.turned.notified();
+            tokio::pin!(turned);
+            turned.as_mut().enable();
+            if self.budget.has_turn(self.seq) {
+                return;
+            }
+            turned.await;
+        }
     }
 
     /// Gives up the turn without counting (exempt operations).

@@ -52,6 +52,7 @@ impl Row for LogRow {
                     .push_bind(row.at);
             })
             .build()
+            .persistent(false)
             .execute(pool)
             .await
             .map(drop)

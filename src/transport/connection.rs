@@ -96,6 +96,7 @@ pub fn serve(
         lifetime: Lifetime::none(),
         close_at: None,
         early_pings: 0,
+        regrant_parked: false,
         log_row: Some(opened),
     };
     async move {
@@ -182,6 +183,8 @@ pub(super) struct Connection {
     pub(super) log_row: Option<connlog::Opened>,
     /// Pings answered before `connection_ack`, bounded by `PINGS_BEFORE_ACK`.
     pub(super) early_pings: u32,
+    /// Set when the identity changed its grants; the loop then re-checks its parked members.
+    pub(super) regrant_parked: bool,
 }
 
 impl Connection {
@@ -194,7 +197,6 @@ impl Connection {
         let connections = &self.state.config.connections;
         let mut clock = Clock::new(&self.state.config);
         let mut operations = Operations::new(connections.max_operations as usize);
-        let mut identity = self.handle.identity();
         // On shutdown this connection waits its own random share of `server.drain_period` before
         // closing, so an instance's clients do not all reconnect elsewhere in the same instant.
         let shutdown = self.state.shutdown.clone();
@@ -208,6 +210,15 @@ impl Connection {
         tokio::pin!(draining);
 
         loop {
+            // Our identity changed (`refreshAuth`, or a session re-check that found other claims).
+            // Parked shared members have no task to notice, so their grants are checked again
+            // here, in a task: a `member` grant may need the database.
+            if std::mem::take(&mut self.regrant_parked) {
+                let seats = operations.parked();
+                if !seats.is_empty() {
+                    tokio::spawn(recheck_parked(seats, self.handle.current_identity()));
+                }
+            }
             let (due_at, due) = self.next_due(&clock);
             tokio::select! {
                 // Order matters: a decided close beats everything, and finished operations are
@@ -227,16 +238,6 @@ impl Connection {
                 _ = self.lifetime.revalidation() => Box::pin(self.recheck_session()).await,
                 // Other parts of the server (registry, revocation, refreshAuth) acting on us.
                 message = control.next() => self.control(*message),
-                // Our identity changed (`refreshAuth`, or a session re-check that found other
-                // claims). Parked shared members have no task to notice, so their grants are
-                // checked again here, in a task: a `member` grant may need the database.
-                Ok(()) = identity.changed() => {
-                    let now = identity.borrow_and_update().clone();
-                    let seats = operations.parked();
-                    if !seats.is_empty() {
-                        tokio::spawn(recheck_parked(seats, now));
-                    }
-                }
                 // An operation task ended: free its slot (and close on a panic).
                 Some(close) = operations.reap() => {
                     tracing::error!(parent: &self.span, "an operation panicked");

@@ -68,17 +68,28 @@ pub enum Control {
     Refresh(Arc<Identity>),
 }
 
-/// Where a connection's notices go.
+/// What a connection shares with its handles besides its queue and budget.
 #[derive(Debug, Default)]
-struct Notices {
+struct Shared {
     /// Made by the first `connectionNotices` subscriber: a broadcast channel allocates all its
     /// slots up front (~1.6 KiB), and most connections never listen.
-    sender: OnceLock<broadcast::Sender<Notice>>,
+    notices: OnceLock<broadcast::Sender<Notice>>,
     /// The `TOKEN_EXPIRING` notice while it still holds (until new credentials replace the
     /// token), so a client that subscribes after it was sent still learns its connection is
     /// about to close. Its lock also orders `notify` against `subscribe`: a subscriber gets a
     /// standing notice either from here or from the channel, never from both or neither.
     standing: Mutex<Option<Notice>>,
+    identity: Mutex<Current>,
+}
+
+/// Who the connection is authenticated as now (`None` before `connection_init` and when
+/// anonymous), and the watch its unshared topic subscriptions follow to re-check their grants.
+/// The watch is made by the first such subscription: its state is ~350 bytes, and shared members,
+/// nearly every subscription, are re-checked by the connection instead.
+#[derive(Debug, Default)]
+struct Current {
+    identity: Option<Arc<Identity>>,
+    watch: Option<watch::Sender<Option<Arc<Identity>>>>,
 }
 
 /// A cheap handle to one connection, held by the registry and by the connection's operations.
@@ -89,11 +100,7 @@ pub struct ConnectionHandle {
     pub budget: Arc<Budget>,
     /// Boxed: a `Control` is ~90 bytes, and the queue keeps a few slots once used.
     control: Arc<Queue<Box<Control>>>,
-    notices: Arc<Notices>,
-    /// Who the connection is authenticated as now (`None` before `connection_init` and when
-    /// anonymous). The connection replaces it on `refreshAuth` and on a session re-check that finds
-    /// other claims; every subscription that follows a topic watches it and re-checks its grant.
-    identity: watch::Sender<Option<Arc<Identity>>>,
+    shared: Arc<Shared>,
 }
 
 impl ConnectionHandle {
@@ -101,15 +108,12 @@ impl ConnectionHandle {
     pub fn new(id: String, live: LiveConfig) -> (Self, Consumer<Box<Control>>) {
         let (control, rx) = queue::bounded(CONTROL_QUEUE);
         let budget = Arc::new(Budget::new(live));
-        let notices = Arc::default();
-        let identity = watch::Sender::new(None);
         (
             Self {
                 id,
                 budget,
                 control,
-                notices,
-                identity,
+                shared: Arc::default(),
             },
             rx,
         )
@@ -126,7 +130,7 @@ impl ConnectionHandle {
             *standing = Some(notice.clone());
         }
         // No subscriber is fine: the client chose not to listen (yet, for a standing notice).
-        if let Some(sender) = self.notices.sender.get() {
+        if let Some(sender) = self.shared.notices.get() {
             let _ = sender.send(notice);
         }
     }
@@ -135,8 +139,8 @@ impl ConnectionHandle {
     pub fn notices(&self) -> (Option<Notice>, broadcast::Receiver<Notice>) {
         let standing = self.standing();
         let receiver = self
+            .shared
             .notices
-            .sender
             .get_or_init(|| broadcast::channel(NOTICE_BUFFER).0)
             .subscribe();
         (standing.clone(), receiver)
@@ -148,27 +152,42 @@ impl ConnectionHandle {
     }
 
     fn standing(&self) -> std::sync::MutexGuard<'_, Option<Notice>> {
-        lock(&self.notices.standing)
+        lock(&self.shared.standing)
+    }
+
+    /// Who the connection is authenticated as now.
+    pub fn current_identity(&self) -> Option<Arc<Identity>> {
+        lock(&self.shared.identity).identity.clone()
     }
 
     /// Follows who the connection is authenticated as.
     pub fn identity(&self) -> watch::Receiver<Option<Arc<Identity>>> {
-        self.identity.subscribe()
+        let mut current = lock(&self.shared.identity);
+        let Current { identity, watch } = &mut *current;
+        watch
+            .get_or_insert_with(|| watch::Sender::new(identity.clone()))
+            .subscribe()
     }
 
-    /// Makes `identity` the connection's. Watchers are woken only when it grants something else
-    /// (another user, method or claims), so a session re-check that finds the same `sess` costs the
-    /// running subscriptions nothing.
-    pub fn set_identity(&self, identity: Option<Arc<Identity>>) {
-        self.identity.send_if_modified(|current| {
-            let same = match (current.as_deref(), identity.as_deref()) {
-                (Some(old), Some(new)) => old.grants_same(new),
-                (None, None) => true,
-                _ => false,
-            };
-            *current = identity;
-            !same
-        });
+    /// Makes `identity` the connection's (on `connection_init`, `refreshAuth`, or a session
+    /// re-check). True when it grants something else (another user, method or claims): only then
+    /// are watchers woken and parked members re-checked, so a session re-check that finds the same
+    /// `sess` costs the running subscriptions nothing.
+    pub fn set_identity(&self, identity: Option<Arc<Identity>>) -> bool {
+        let mut current = lock(&self.shared.identity);
+        let same = match (current.identity.as_deref(), identity.as_deref()) {
+            (Some(old), Some(new)) => old.grants_same(new),
+            (None, None) => true,
+            _ => false,
+        };
+        if let Some(watch) = &current.watch {
+            watch.send_if_modified(|watched| {
+                *watched = identity.clone();
+                !same
+            });
+        }
+        current.identity = identity;
+        !same
     }
 }
 

@@ -130,6 +130,7 @@ impl Connection {
             json!({ "method": method }),
         );
         super::count(&self.state, "accepted");
+        // Nothing runs before `connection_init`: no parked member to re-check.
         self.handle.set_identity(identity.clone());
         self.identity = Some(identity);
         if let Some(row) = self.log_row.take() {
@@ -159,8 +160,9 @@ impl Connection {
     }
 
     /// Makes `identity` the connection's: its deadlines follow it, operations started from now on
-    /// see it, and running subscriptions check their topic grants again (see the handle's
-    /// identity watch), ending with FORBIDDEN where a grant is gone.
+    /// see it, and running subscriptions check their topic grants again (unshared ones through
+    /// the handle's identity watch, parked members when the connection loop next turns), ending
+    /// with FORBIDDEN where a grant is gone.
     fn reauthenticate(&mut self, identity: Arc<Identity>) {
         self.lifetime = Lifetime::of(
             &identity,
@@ -168,7 +170,7 @@ impl Connection {
             &self.state.metrics.claims_bytes,
         );
         self.handle.withdraw_standing();
-        self.handle.set_identity(Some(identity.clone()));
+        self.regrant_parked |= self.handle.set_identity(Some(identity.clone()));
         self.identity = Some(Some(identity));
     }
 

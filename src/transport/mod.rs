@@ -33,8 +33,10 @@ const WRITE_BUFFER_SLACK: usize = 1 << 20;
 /// tungstenite allocates a socket's read buffer at the upgrade and keeps it (128 KiB by default),
 /// so it is what an idle connection costs. Client frames are small (pings, pongs, a subscribe of
 /// a few hundred bytes); a larger one still arrives whole, read this many bytes at a time into
-/// room reserved for it.
-const READ_BUFFER: usize = 1 << 10;
+/// room reserved for it, and the buffer keeps the size of the largest frame read (a
+/// `connection_init` with its token, typically). 256 bytes rather than 1 KiB: an idle connection's
+/// buffer is then ~0.5 KiB, for a few more reads of the first frames.
+const READ_BUFFER: usize = 256;
 
 /// Answers `GET <graphql_path>` with `Upgrade: websocket`. Before the 101: the subprotocol
 /// (400), the origin (403), the per-IP limits (429); then the size limits are set and the socket

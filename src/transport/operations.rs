@@ -80,7 +80,7 @@ impl Operations {
             id,
             Running {
                 generation,
-                handle,
+                handle: Some(handle),
                 seat,
             },
         );
@@ -109,7 +109,9 @@ impl Operations {
         self.running.remove(id).is_some_and(|running| {
             let alive = running.is_alive();
             running.seat.leave();
-            running.handle.abort();
+            if let Some(handle) = running.handle {
+                handle.abort();
+            }
             alive
         })
     }
@@ -126,10 +128,16 @@ impl Operations {
     fn free(&mut self, finished: Result<(String, u64), JoinError>) -> Option<Close> {
         match finished {
             Ok((id, generation)) => {
-                if self.running.get(&id).is_some_and(|running| {
-                    running.generation == generation && !running.seat.is_taken()
-                }) {
-                    self.running.remove(&id);
+                if let Some(running) = self.running.get_mut(&id)
+                    && running.generation == generation
+                {
+                    if running.seat.is_taken() {
+                        // Parked: the seat runs the operation now. The handle would keep the
+                        // finished task's allocation, sized for its future, as long as it lives.
+                        running.handle = None;
+                    } else {
+                        self.running.remove(&id);
+                    }
                 }
                 None
             }
@@ -153,13 +161,14 @@ impl Drop for Operations {
 
 struct Running {
     generation: u64,
-    handle: AbortHandle,
+    /// The operation's task; `None` once it finished and left the operation parked in its seat.
+    handle: Option<AbortHandle>,
     seat: Arc<Seat>,
 }
 
 impl Running {
     fn is_alive(&self) -> bool {
-        !self.handle.is_finished() || self.seat.is_taken()
+        self.handle.as_ref().is_some_and(|h| !h.is_finished()) || self.seat.is_taken()
     }
 }
 
@@ -210,7 +219,7 @@ mod tests {
         let seat = Seat::taken();
         Running {
             generation,
-            handle,
+            handle: Some(handle),
             seat,
         }
     }
