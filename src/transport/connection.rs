@@ -9,14 +9,13 @@ use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::control::{ConnectionHandle, Control};
 use super::deadlines::Clock;
 use super::lifetime::Lifetime;
 use super::operations::{Operations, Refused};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Writer};
 use super::protocol::{self, Close, code};
 use super::queue::Consumer;
 use crate::audit::{Entry, Severity};
@@ -28,9 +27,6 @@ use crate::startup::AppState;
 
 /// Reason prefix of closes the client started.
 const CLIENT_CLOSED: &str = "Closed by client: ";
-
-/// How long the connection waits for its writer to deliver the close frame.
-const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 /// How long it then waits for the client's answering close frame; a client that never answers
 /// only delays its own connection-log row by this much.
@@ -44,6 +40,9 @@ const NOTICE_GRACE: Duration = Duration::from_millis(250);
 /// that pings on before then is flooding pongs into a queue it may never read, so it is closed
 /// (4429, as for a repeated init).
 const PINGS_BEFORE_ACK: u32 = 3;
+
+/// A `connection_init`'s payload, for the loop to authenticate.
+struct Init(Option<serde_json::Value>);
 
 /// What the upgrade request told us about the client.
 pub struct Peer {
@@ -79,9 +78,8 @@ pub fn serve(
     };
     state.metrics.connections_active.inc();
     let opened_at = Instant::now();
-    let (sink, mut stream) = socket.split();
-    let (outbox, closing, writer) =
-        Outbox::start(sink, &state.config.connections, state.metrics.clone());
+    let (sink, stream) = socket.split();
+    let (outbox, writer) = Outbox::new(sink, &state.config.connections, state.metrics.clone());
     let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
     let connection = Connection {
         state,
@@ -100,29 +98,31 @@ pub fn serve(
         log_row: Some(opened),
     };
     async move {
-        let mut connection = connection;
-        let close = connection.run(&mut stream, closing, control).await;
-        connection.end(close, stream, writer, opened_at).await;
+        let (mut connection, mut stream, mut writer) = (connection, stream, writer);
+        let close = connection.run(&mut stream, &mut writer, control).await;
+        // Boxed: reached once, at the close, its timers would otherwise size every connection's
+        // task for its whole life.
+        Box::pin(connection.end(close, stream, writer, opened_at)).await;
     }
 }
 
 impl Connection {
-    /// After `run`: lets the writer send the close frame, waits for the client's answer, and
+    /// After `run`: sends what is left and the close frame, waits for the client's answer, and
     /// records the close.
     async fn end(
         mut self,
         close: Close,
         mut stream: SplitStream<WebSocket>,
-        writer: tokio::task::JoinHandle<()>,
+        writer: Writer,
         opened_at: Instant,
     ) {
         let (state, id, span) = (self.state.clone(), self.id.clone(), self.span.clone());
         // A connection that ended before its `connection_ack` writes its row now.
         let log_row = self.log_row.take();
-        // Dropping the connection releases the outbox (its operations were aborted when `run`
-        // returned) and its registry slots, so the writer ends once it has sent the close frame.
+        // Dropping the connection releases its registry slots (its operations were aborted when
+        // `run` returned) before the close frame is sent.
         drop(self);
-        let _ = tokio::time::timeout(WRITER_GRACE, writer).await;
+        writer.finish().await;
         let by_client = close.reason.starts_with(CLIENT_CLOSED);
         if close.code != code::ABNORMAL && !by_client {
             // We closed: wait for the client's close frame, completing the handshake, so clients
@@ -191,7 +191,7 @@ impl Connection {
     async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        mut closing: watch::Receiver<Option<Close>>,
+        writer: &mut Writer,
         control: Consumer<Box<Control>>,
     ) -> Close {
         let connections = &self.state.config.connections;
@@ -208,6 +208,10 @@ impl Connection {
         }
         .fuse();
         tokio::pin!(draining);
+        // The same writing future for the loop's whole life: it is dropped only when the loop
+        // ends, never mid-send.
+        let pump = writer.pump();
+        tokio::pin!(pump);
 
         loop {
             // Our identity changed (`refreshAuth`, or a session re-check that found other claims).
@@ -224,8 +228,8 @@ impl Connection {
                 // Order matters: a decided close beats everything, and finished operations are
                 // reaped before new messages so a reused id is not mistaken for a duplicate.
                 biased;
-                // The writer is sending our close frame (or the outbox is gone): stop reading.
-                _ = closing.changed() => break,
+                // A close was decided, so the writer stopped (or the socket failed): stop reading.
+                written = &mut pump => return self.stopped(written),
                 // Server shutdown, once this connection's turn in the drain period came: it closes
                 // with 1001 so the client reconnects elsewhere.
                 _ = &mut draining => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
@@ -235,7 +239,15 @@ impl Connection {
                 // Session connections: was the user logged out, or is the session near expiry?
                 // Boxed, like `init`: awaited rarely, their database futures would otherwise
                 // size every connection's task for its whole life.
-                _ = self.lifetime.revalidation() => Box::pin(self.recheck_session()).await,
+                // The writer goes on meanwhile: a session lookup must not hold up deliveries.
+                _ = self.lifetime.revalidation() => {
+                    let recheck = Box::pin(self.recheck_session());
+                    tokio::select! {
+                        biased;
+                        () = recheck => {}
+                        written = &mut pump => return self.stopped(written),
+                    }
+                }
                 // Other parts of the server (registry, revocation, refreshAuth) acting on us.
                 message = control.next() => self.control(*message),
                 // An operation task ended: free its slot (and close on a panic).
@@ -259,18 +271,33 @@ impl Connection {
                     }
                     Some(Ok(Message::Pong(_))) => clock.pong_by = None,
                     Some(Ok(Message::Ping(_))) => {} // tungstenite answers pings itself
-                    Some(Ok(Message::Text(text))) => self.handle(text.as_bytes(), &mut operations).await,
-                    Some(Ok(Message::Binary(bytes))) => self.handle(&bytes, &mut operations).await,
+                    Some(Ok(Message::Text(text))) => self.receive(text.as_bytes(), &mut operations).await,
+                    Some(Ok(Message::Binary(bytes))) => self.receive(&bytes, &mut operations).await,
                 },
             }
         }
-        closing
-            .borrow()
-            .clone()
+    }
+
+    /// Why the loop ends once the writer stopped: the close decided, or a failed socket.
+    fn stopped(&self, written: bool) -> Close {
+        if !written {
+            return Close::new(code::ABNORMAL, "Connection failed");
+        }
+        self.outbox
+            .decision()
             .unwrap_or_else(|| Close::new(code::INTERNAL, "Internal error"))
     }
 
-    async fn handle(&mut self, raw: &[u8], operations: &mut Operations) {
+    /// A client message. Only `connection_init` awaits, and it is boxed: the parsed message and
+    /// the authentication futures would otherwise size every connection's task for its life.
+    async fn receive(&mut self, raw: &[u8], operations: &mut Operations) {
+        if let Some(Init(payload)) = self.handle(raw, operations) {
+            Box::pin(self.init(payload)).await;
+        }
+    }
+
+    /// Does what a client message asks, except `connection_init`, which it hands back.
+    fn handle(&mut self, raw: &[u8], operations: &mut Operations) -> Option<Init> {
         let metrics = &self.state.metrics;
         metrics.ws_messages.with_label_values(&["in"]).inc();
         metrics
@@ -278,15 +305,15 @@ impl Connection {
             .with_label_values(&["in"])
             .inc_by(raw.len() as u64);
         if !self.screen(raw, operations) {
-            return;
+            return None;
         }
         let Ok(message) = ClientMessage::from_bytes(raw) else {
-            return self
-                .outbox
+            self.outbox
                 .close(Close::new(code::BAD_REQUEST, "Invalid message received"));
+            return None;
         };
         match message {
-            ClientMessage::ConnectionInit { payload } => Box::pin(self.init(payload)).await,
+            ClientMessage::ConnectionInit { payload } => return Some(Init(payload)),
             ClientMessage::Start { id, payload } => self.start(id, payload, operations),
             ClientMessage::Stop { id } => {
                 // Only the legacy protocol confirms a stop.
@@ -301,16 +328,18 @@ impl Connection {
                 if self.identity.is_none() {
                     self.early_pings += 1;
                     if self.early_pings > PINGS_BEFORE_ACK {
-                        return self.outbox.close(Close::new(
+                        self.outbox.close(Close::new(
                             code::TOO_MANY_INIT,
                             "Too many pings before connection_ack",
                         ));
+                        return None;
                     }
                 }
                 self.outbox.text(protocol::pong(payload));
             }
             ClientMessage::Pong { .. } => {}
         }
+        None
     }
 
     pub(super) fn control(&mut self, message: Control) {

@@ -1,24 +1,24 @@
-//! The outgoing side of a connection: a queue bounded in messages and in bytes, drained by one
-//! writer task.
+//! The outgoing side of a connection: a queue bounded in messages and in bytes, drained into the
+//! socket by the connection's own task.
 //!
 //! Everything a connection sends goes through [`Outbox::push`], which never waits: a client that
 //! reads too slowly fills its own queue and is closed as a slow consumer, so it can stall neither
 //! other clients nor the other operations on its own connection. The byte bound is what keeps a
 //! client that never reads from making the server hold `send_queue` large messages.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
-use tokio::sync::watch;
 
 use super::protocol::{self, Close, code};
 use super::queue::{self, Consumer, Queue, Refused};
 use crate::config::Connections;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// How long a close frame may take to reach a client that is no longer reading.
 const CLOSE_FLUSH: Duration = Duration::from_secs(3);
@@ -63,47 +63,54 @@ impl Outgoing {
 pub struct Outbox {
     /// Bounded by `connections.send_queue` messages.
     queue: Arc<Queue<Outgoing>>,
-    close: watch::Sender<Option<Close>>,
+    state: Arc<State>,
+}
+
+struct State {
+    /// The close decision; the first one wins.
+    decision: Mutex<Option<Close>>,
     /// Bytes queued and not yet written: reserved by `push` before a message enters the queue,
     /// released by the writer once the socket took it. Shared by every clone, so operations
     /// pushing at once never reserve past `max_bytes` together.
-    queued: Arc<AtomicUsize>,
+    queued: AtomicUsize,
     max_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
+/// The connection's end of its outbox: it drains the queue into the socket. It runs inside the
+/// connection's own task ([`Writer::pump`] is a branch of the connection loop) rather than in a
+/// task of its own: a writer task, its future and the watch channel that told it of the close
+/// were ~1.2 KiB of every idle connection.
+pub struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    queue: Consumer<Outgoing>,
+    outbox: Outbox,
+}
+
 impl Outbox {
-    /// Starts the writer task for `sink`, bounded by `connections.send_queue` messages and
-    /// `connections.send_queue_bytes` bytes; returns the outbox, a receiver that sees the close
-    /// decision, and the writer's handle (it ends after sending the close frame or when the socket
-    /// fails).
-    pub fn start(
+    /// An outbox for `sink`, bounded by `connections.send_queue` messages and
+    /// `connections.send_queue_bytes` bytes, and the writer that drains it.
+    pub fn new(
         sink: SplitSink<WebSocket, Message>,
         bounds: &Connections,
         metrics: Arc<Metrics>,
-    ) -> (
-        Self,
-        watch::Receiver<Option<Close>>,
-        tokio::task::JoinHandle<()>,
-    ) {
+    ) -> (Self, Writer) {
         let (queue, consumer) = queue::bounded(bounds.send_queue as usize);
-        let (close, close_rx) = watch::channel(None);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let writer = tokio::spawn(write_loop(
-            sink,
-            consumer,
-            close.subscribe(),
-            queued.clone(),
-            metrics.clone(),
-        ));
         let outbox = Self {
             queue,
-            close,
-            queued,
-            max_bytes: bounds.send_queue_bytes.bytes(),
-            metrics,
+            state: Arc::new(State {
+                decision: Mutex::new(None),
+                queued: AtomicUsize::new(0),
+                max_bytes: bounds.send_queue_bytes.bytes(),
+                metrics,
+            }),
         };
-        (outbox, close_rx, writer)
+        let writer = Writer {
+            sink,
+            queue: consumer,
+            outbox: outbox.clone(),
+        };
+        (outbox, writer)
     }
 
     pub fn text(&self, text: String) -> bool {
@@ -127,10 +134,11 @@ impl Outbox {
 
     fn queue_up(&self, message: Outgoing) -> bool {
         let size = message.size();
-        let reserved = self
+        let state = &*self.state;
+        let reserved = state
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                queued.checked_add(size).filter(|&n| n <= self.max_bytes)
+                queued.checked_add(size).filter(|&n| n <= state.max_bytes)
             });
         let Ok(before) = reserved else {
             self.close(Close::new(
@@ -141,13 +149,14 @@ impl Outbox {
         };
         match self.queue.push(message) {
             Ok(()) => {
-                self.metrics
+                state
+                    .metrics
                     .send_queue_bytes
                     .observe((before + size) as f64);
                 true
             }
             Err(refused) => {
-                self.queued.fetch_sub(size, Ordering::AcqRel);
+                state.queued.fetch_sub(size, Ordering::AcqRel);
                 if refused == Refused::Full {
                     self.close(Close::new(
                         code::SLOW_CONSUMER,
@@ -159,101 +168,107 @@ impl Outbox {
         }
     }
 
-    /// Decides to close with `close`; the first decision wins.
+    /// Decides to close with `close`; the first decision wins. The writer stops at once, and the
+    /// connection loop with it.
     pub fn close(&self, close: Close) {
-        self.close.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(close);
-                true
-            } else {
-                false
-            }
-        });
+        let mut decision = lock(&self.state.decision);
+        if decision.is_none() {
+            *decision = Some(close);
+            drop(decision);
+            self.queue.wake();
+        }
+    }
+
+    /// The close decided, if any.
+    pub fn decision(&self) -> Option<Close> {
+        lock(&self.state.decision).clone()
+    }
+
+    fn is_decided(&self) -> bool {
+        lock(&self.state.decision).is_some()
     }
 }
 
-/// Writes queued messages until a close is decided or the outbox is dropped; false when the
-/// socket failed, and nothing more can be sent on it.
-async fn forward(
-    sink: &mut SplitSink<WebSocket, Message>,
-    queue: &Consumer<Outgoing>,
-    close: &mut watch::Receiver<Option<Close>>,
-    queued: &AtomicUsize,
-    metrics: &Metrics,
-) -> bool {
-    // One wait for the close decision serves the whole loop: a new one per message registered
-    // and removed a waiter each time, a measurable share of a fan-out's CPU.
-    let decision = close.changed();
-    tokio::pin!(decision);
-    let out = ["out"];
-    let (messages, bytes) = (
-        metrics.ws_messages.with_label_values(&out),
-        metrics.ws_bytes.with_label_values(&out),
-    );
-    loop {
-        // `biased`: a close decision preempts the queue, and a send stuck on a client that stopped
-        // reading must not delay the close beyond CLOSE_FLUSH. The decision also resolves when the
-        // outbox is dropped: the connection and its operations are gone, nothing more will come.
-        let message = tokio::select! {
-            biased;
-            _ = &mut decision => return true,
-            message = queue.next() => message,
-        };
-        let reserved = message.size();
-        let message = message.into_message();
-        // Data messages are counted; pings and the like are not.
-        let data = matches!(message, Message::Text(_) | Message::Binary(_));
-        tokio::select! {
-            biased;
-            _ = &mut decision => return true,
-            sent = sink.send(message) => {
-                if sent.is_err() {
-                    return false;
+impl Writer {
+    /// Writes queued messages until a close is decided (true) or the socket fails (false, and
+    /// nothing more can be sent on it). The connection loop polls it as one of its branches, the
+    /// same future for the loop's whole life: dropping it mid-send would lose the message.
+    pub async fn pump(&mut self) -> bool {
+        let metrics = &self.outbox.state.metrics;
+        let out = ["out"];
+        let (messages, bytes) = (
+            metrics.ws_messages.with_label_values(&out),
+            metrics.ws_bytes.with_label_values(&out),
+        );
+        loop {
+            // A close decision preempts the queue.
+            if self.outbox.is_decided() {
+                return true;
+            }
+            let Some(message) = self.queue.pop() else {
+                self.queue.wait().await;
+                continue;
+            };
+            let reserved = message.size();
+            let message = message.into_message();
+            // Data messages are counted; pings and the like are not.
+            let data = matches!(message, Message::Text(_) | Message::Binary(_));
+            let send = self.sink.send(message);
+            tokio::pin!(send);
+            let sent = loop {
+                tokio::select! {
+                    biased;
+                    sent = &mut send => break sent,
+                    // A send stuck on a client that stopped reading must not delay a close: the
+                    // queue is woken by every push and by the decision, and only the decision
+                    // ends the wait.
+                    () = self.queue.wait() => {
+                        if self.outbox.is_decided() {
+                            return true;
+                        }
+                    }
                 }
-                // Written: the socket's own buffer (`max_write_buffer_size`) holds it now.
-                queued.fetch_sub(reserved, Ordering::AcqRel);
-                if data {
-                    messages.inc();
-                    bytes.inc_by(reserved as u64);
-                }
+            };
+            if sent.is_err() {
+                return false;
+            }
+            // Written: the socket's own buffer (`max_write_buffer_size`) holds it now.
+            self.outbox
+                .state
+                .queued
+                .fetch_sub(reserved, Ordering::AcqRel);
+            if data {
+                messages.inc();
+                bytes.inc_by(reserved as u64);
             }
         }
     }
-}
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    queue: Consumer<Outgoing>,
-    mut close: watch::Receiver<Option<Close>>,
-    queued: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-) {
-    if !forward(&mut sink, &queue, &mut close, &queued, &metrics).await {
-        return;
-    }
-    let decided = close.borrow().clone();
-    let finish = async {
-        let Some(decided) = decided else {
-            // The connection ended without a decision of ours: the client closed first. Closing
-            // the sink flushes tungstenite's reply to the client's close frame, completing the
-            // handshake instead of dropping the TCP connection.
-            let _ = sink.close().await;
-            return;
-        };
-        // What was queued before the decision (an `error`, a final notice) still goes out first,
-        // except to a slow consumer, whose backlog is the problem.
-        if decided.code != code::SLOW_CONSUMER {
-            while let Some(message) = queue.pop() {
-                if sink.send(message.into_message()).await.is_err() {
-                    return;
+    /// After the connection loop: what was queued before the decision (an `error`, a final
+    /// notice) goes out, except to a slow consumer, whose backlog is the problem, then the close
+    /// frame. Without a decision the client closed first: closing the sink flushes tungstenite's
+    /// reply to the client's close frame, completing the handshake instead of dropping the TCP
+    /// connection.
+    pub async fn finish(mut self) {
+        let decided = self.outbox.decision();
+        let finish = async {
+            let Some(decided) = decided else {
+                let _ = self.sink.close().await;
+                return;
+            };
+            if decided.code != code::SLOW_CONSUMER {
+                while let Some(message) = self.queue.pop() {
+                    if self.sink.send(message.into_message()).await.is_err() {
+                        return;
+                    }
                 }
             }
-        }
-        let frame = CloseFrame {
-            code: decided.code,
-            reason: decided.reason.into(),
+            let frame = CloseFrame {
+                code: decided.code,
+                reason: decided.reason.into(),
+            };
+            let _ = self.sink.send(Message::Close(Some(frame))).await;
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    };
-    let _ = tokio::time::timeout(CLOSE_FLUSH, finish).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, finish).await;
+    }
 }

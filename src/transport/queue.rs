@@ -71,6 +71,12 @@ impl<T> Queue<T> {
         self.ready.notify_one();
         Ok(())
     }
+
+    /// Wakes the consumer without queuing anything, for news kept beside the queue (the outbox's
+    /// close decision); a consumer not waiting finds it on its next [`Consumer::wait`].
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
 }
 
 impl<T> Consumer<T> {
@@ -90,8 +96,14 @@ impl<T> Consumer<T> {
             if let Some(item) = self.pop() {
                 return item;
             }
-            self.0.ready.notified().await;
+            self.wait().await;
         }
+    }
+
+    /// Waits until something was pushed, or the queue woken, since the last wait returned. It may
+    /// return for a push whose item was already popped: callers look again.
+    pub async fn wait(&self) {
+        self.0.ready.notified().await;
     }
 }
 
