@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_graphql::http::{ClientMessage, WebSocketProtocols as Protocols};
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::HeaderMap;
+use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use futures_util::{FutureExt, StreamExt};
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use super::control::{ConnectionHandle, Control};
 use super::deadlines::Clock;
@@ -47,13 +47,19 @@ struct Init(Option<serde_json::Value>);
 /// What the upgrade request told us about the client.
 pub struct Peer {
     pub ip: String,
+    /// What `connection_init` needs of the upgrade request, until it used it. Boxed: an idle
+    /// connection keeps a pointer's worth of it instead of ~150 bytes in its task.
+    pub upgrade: Option<Box<Upgrade>>,
+    /// This connection's share of `connections.max_per_ip`, released when it is dropped.
+    pub _ip_slot: IpSlot,
+}
+
+#[derive(Default)]
+pub struct Upgrade {
     pub user_agent: Option<String>,
-    /// The upgrade request's headers, until `connection_init` has used them.
     pub headers: HeaderMap,
     /// The `access_token` query parameter, when `auth.jwt.allow_query_token` is on.
     pub query_token: Option<String>,
-    /// This connection's share of `connections.max_per_ip`, released when it is dropped.
-    pub _ip_slot: IpSlot,
 }
 
 /// Serves the connection to its end, then completes its connection-log row. The connection is set
@@ -70,7 +76,7 @@ pub fn serve(
     let opened = connlog::Opened {
         id: id.clone(),
         ip: peer.ip.clone(),
-        user_agent: peer.user_agent.clone(),
+        user_agent: peer.upgrade.as_ref().and_then(|u| u.user_agent.clone()),
         instance_id: state.instance.id.clone(),
         subprotocol: protocol.sec_websocket_protocol(),
         connected_at: chrono::Utc::now(),
@@ -78,10 +84,10 @@ pub fn serve(
     };
     state.metrics.connections_active.inc();
     let opened_at = Instant::now();
-    let (sink, stream) = socket.split();
-    let (outbox, writer) = Outbox::new(sink, &state.config.connections, state.metrics.clone());
+    let (sink, mut stream) = socket.split();
+    let (outbox, mut writer) = Outbox::new(sink, &state.config.connections, state.metrics.clone());
     let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
-    let connection = Connection {
+    let mut connection = Connection {
         state,
         peer,
         protocol,
@@ -95,14 +101,17 @@ pub fn serve(
         close_at: None,
         early_pings: 0,
         regrant_parked: false,
-        log_row: Some(opened),
+        log_row: Some(Box::new(opened)),
     };
+    // The block uses what it captured in place: moving it into locals of its own would store
+    // each twice in the task (captures keep their room for the future's whole life).
     async move {
-        let (mut connection, mut stream, mut writer) = (connection, stream, writer);
         let close = connection.run(&mut stream, &mut writer, control).await;
         // Boxed: reached once, at the close, its timers would otherwise size every connection's
-        // task for its whole life.
-        Box::pin(connection.end(close, stream, writer, opened_at)).await;
+        // task for its whole life. Bound before it is awaited: a temporary in the awaited
+        // expression would keep its room in the task all the same.
+        let end = Box::pin(connection.end(close, stream, writer, opened_at));
+        end.await;
     }
 }
 
@@ -155,7 +164,7 @@ impl Connection {
             .inc();
         tracing::info!(parent: &span, code = close.code, reason = %close.reason, "connection closed");
         if let Some(row) = log_row {
-            state.connection_log.opened(row);
+            state.connection_log.opened(*row);
         }
         state.connection_log.closed(&id, close.code, &close.reason);
     }
@@ -180,7 +189,8 @@ pub(super) struct Connection {
     pub(super) close_at: Option<(Instant, Close)>,
     /// The connection-log row, held until `connection_ack` (or the close, for a connection that
     /// never got one) so that it is written once, with its user, instead of written and updated.
-    pub(super) log_row: Option<connlog::Opened>,
+    /// Boxed: most of a connection's life it is gone.
+    pub(super) log_row: Option<Box<connlog::Opened>>,
     /// Pings answered before `connection_ack`, bounded by `PINGS_BEFORE_ACK`.
     pub(super) early_pings: u32,
     /// Set when the identity changed its grants; the loop then re-checks its parked members.
@@ -199,15 +209,11 @@ impl Connection {
         let mut operations = Operations::new(connections.max_operations as usize);
         // On shutdown this connection waits its own random share of `server.drain_period` before
         // closing, so an instance's clients do not all reconnect elsewhere in the same instant.
+        // The one wait for the whole loop: a new one per turn would lock the token every
+        // connection shares.
         let shutdown = self.state.shutdown.clone();
-        let drain = self.state.config.server.drain();
-        // Fused: once it fired, later turns of the loop find it pending instead of polling it again.
-        let draining = async move {
-            shutdown.cancelled().await;
-            sleep(drain.mul_f64(rand::random::<f64>())).await;
-        }
-        .fuse();
-        tokio::pin!(draining);
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
         // The same writing future for the loop's whole life: it is dropped only when the loop
         // ends, never mid-send.
         let pump = writer.pump();
@@ -230,9 +236,9 @@ impl Connection {
                 biased;
                 // A close was decided, so the writer stopped (or the socket failed): stop reading.
                 written = &mut pump => return self.stopped(written),
-                // Server shutdown, once this connection's turn in the drain period came: it closes
-                // with 1001 so the client reconnects elsewhere.
-                _ = &mut draining => self.outbox.close(Close::new(code::GOING_AWAY, "Server shutting down")),
+                // Server shutdown: the close (1001, so the client reconnects elsewhere) becomes a
+                // deadline, this connection's random share of the drain period from now.
+                () = &mut shutting_down, if clock.drain_at.is_none() => clock.drain(&self.state.config),
                 // The earliest of the connection's deadlines. One timer serves them all: a timer
                 // per deadline kept ~100 bytes each in every connection's task.
                 () = sleep_until(due_at) => self.on_due(due, &mut clock),

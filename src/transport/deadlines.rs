@@ -1,5 +1,6 @@
-//! The connection loop's deadlines: the close after a notice, `connection_init`, pong, ping and
-//! the token's warning and expiry. The loop waits on the earliest with one timer.
+//! The connection loop's deadlines: the close after a notice, the close of a drain,
+//! `connection_init`, pong, ping and the token's warning and expiry. The loop waits on the
+//! earliest with one timer.
 
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ pub(super) struct Clock {
     pub(super) pong_by: Option<Instant>,
     ping_interval: Duration,
     pong_timeout: Duration,
+    /// When this connection closes on a server shutdown: its own random share of
+    /// `server.drain_period` after the shutdown began, so an instance's clients do not all
+    /// reconnect elsewhere in the same instant.
+    pub(super) drain_at: Option<Instant>,
 }
 
 impl Clock {
@@ -32,7 +37,14 @@ impl Clock {
             pong_by: None,
             ping_interval,
             pong_timeout: config.connections.pong_timeout.get(),
+            drain_at: None,
         }
+    }
+
+    /// The server is shutting down: sets this connection's close within the drain period.
+    pub(super) fn drain(&mut self, config: &Config) {
+        let share = config.server.drain().mul_f64(rand::random::<f64>());
+        self.drain_at = Some(Instant::now() + share);
     }
 }
 
@@ -40,6 +52,7 @@ impl Clock {
 #[derive(Clone, Copy)]
 pub(super) enum Due {
     Close,
+    Drain,
     Init,
     Pong,
     Ping,
@@ -53,6 +66,7 @@ impl Connection {
     pub(super) fn next_due(&self, clock: &Clock) -> (Instant, Due) {
         let deadlines = [
             (self.close_at.as_ref().map(|(at, _)| *at), Due::Close),
+            (clock.drain_at, Due::Drain),
             (self.identity.is_none().then_some(clock.init_by), Due::Init),
             (clock.pong_by, Due::Pong),
             (Some(clock.next_ping), Due::Ping),
@@ -78,6 +92,9 @@ impl Connection {
                     self.outbox.close(close);
                 }
             }
+            Due::Drain => self
+                .outbox
+                .close(Close::new(code::GOING_AWAY, "Server shutting down")),
             // A client that never sends connection_init must not hold a socket.
             Due::Init => self.outbox.close(Close::new(
                 code::INIT_TIMEOUT,

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use chrono::Utc;
 
-use super::connection::Connection;
+use super::connection::{Connection, Upgrade};
 use super::control::{Control, Notice, NoticeKind};
 use super::lifetime::Lifetime;
 use super::protocol::{self, Close, code};
@@ -26,11 +26,15 @@ impl Connection {
         }
         // The upgrade's headers serve this one authentication (and its audit row): an idle
         // connection should not keep a copy of them.
-        let headers = std::mem::take(&mut self.peer.headers);
+        let Upgrade {
+            user_agent,
+            headers,
+            query_token,
+        } = self.peer.upgrade.take().map(|u| *u).unwrap_or_default();
         let authenticated = self
             .state
             .auth
-            .connection(payload.as_ref(), &headers, self.peer.query_token.as_deref())
+            .connection(payload.as_ref(), &headers, query_token.as_deref())
             .await;
         let identity = match authenticated {
             Ok(identity) => identity.map(Arc::new),
@@ -48,7 +52,7 @@ impl Connection {
                     json!({
                         "cause": failure.cause(),
                         "detail": failure.to_string(),
-                        "user_agent": self.peer.user_agent,
+                        "user_agent": user_agent,
                         "headers": sanitized(&headers),
                     }),
                 );
@@ -134,7 +138,7 @@ impl Connection {
         self.handle.set_identity(identity.clone());
         self.identity = Some(identity);
         if let Some(row) = self.log_row.take() {
-            self.state.connection_log.opened(row);
+            self.state.connection_log.opened(*row);
         }
         self.outbox.text(protocol::connection_ack());
     }

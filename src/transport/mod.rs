@@ -97,14 +97,17 @@ pub async fn upgrade(
     let query_token = query
         .filter(|_| state.config.auth.jwt.allow_query_token)
         .and_then(access_token);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|agent| crate::writer::bounded(agent).to_string());
     let peer = connection::Peer {
         ip: client.to_string(),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|agent| crate::writer::bounded(agent).to_string()),
-        headers,
-        query_token,
+        upgrade: Some(Box::new(connection::Upgrade {
+            user_agent,
+            headers,
+            query_token,
+        })),
         _ip_slot: ip_slot,
     };
     let tracker = state.tracker.clone();
