@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +118,12 @@ impl Transition {
     }
 
     fn payload(&self) -> serde_json::Value {
-        json!({ "userId": self.user, "at": self.at })
+        // Sized for its two fields: the bus keeps it for replay, and a map grown by inserts has
+        // room for four.
+        let mut payload = serde_json::Map::with_capacity(2);
+        payload.insert("userId".into(), self.user.clone().into());
+        payload.insert("at".into(), self.at.into());
+        serde_json::Value::Object(payload)
     }
 }
 

@@ -86,12 +86,11 @@ pub fn serve(
     let opened_at = Instant::now();
     let (sink, mut stream) = socket.split();
     let (outbox, mut writer) = Outbox::new(sink, &state.config.connections, state.metrics.clone());
-    let (handle, control) = ConnectionHandle::new(id.clone(), state.live.clone());
+    let (handle, control) = ConnectionHandle::new(id, state.live.clone());
     let mut connection = Connection {
         state,
         peer,
         protocol,
-        id,
         span,
         outbox,
         handle,
@@ -125,7 +124,11 @@ impl Connection {
         writer: Writer,
         opened_at: Instant,
     ) {
-        let (state, id, span) = (self.state.clone(), self.id.clone(), self.span.clone());
+        let (state, id, span) = (
+            self.state.clone(),
+            self.handle.id.clone(),
+            self.span.clone(),
+        );
         // A connection that ended before its `connection_ack` writes its row now.
         let log_row = self.log_row.take();
         // Dropping the connection releases its registry slots (its operations were aborted when
@@ -174,7 +177,6 @@ pub(super) struct Connection {
     pub(super) state: AppState,
     pub(super) peer: Peer,
     pub(super) protocol: Protocols,
-    pub(super) id: String,
     pub(super) span: tracing::Span,
     pub(super) outbox: Outbox,
     /// How resolvers and the registry reach this connection.
@@ -378,7 +380,7 @@ impl Connection {
         };
         let caller = Caller {
             identity: identity.clone(),
-            connection_id: Some(self.id.clone()),
+            connection_id: Some(self.handle.id.clone()),
             ip: Some(self.peer.ip.clone()),
             connection: Some(self.handle.clone()),
         };
@@ -431,7 +433,7 @@ impl Connection {
             action,
             severity,
             user_id,
-            connection_id: Some(self.id.clone()),
+            connection_id: Some(self.handle.id.clone()),
             ip: Some(self.peer.ip.clone()),
             metadata,
         });

@@ -34,9 +34,9 @@ const WRITE_BUFFER_SLACK: usize = 1 << 20;
 /// so it is what an idle connection costs. Client frames are small (pings, pongs, a subscribe of
 /// a few hundred bytes); a larger one still arrives whole, read this many bytes at a time into
 /// room reserved for it, and the buffer keeps the size of the largest frame read (a
-/// `connection_init` with its token, typically). 256 bytes rather than 1 KiB: an idle connection's
-/// buffer is then ~0.5 KiB, for a few more reads of the first frames.
-const READ_BUFFER: usize = 256;
+/// `connection_init` with its token, typically). 128 bytes rather than 1 KiB: an idle connection's
+/// buffer is then the size of that frame, for a few more reads of the first frames.
+const READ_BUFFER: usize = 128;
 
 /// Answers `GET <graphql_path>` with `Upgrade: websocket`. Before the 101: the subprotocol
 /// (400), the origin (403), the per-IP limits (429); then the size limits are set and the socket
