@@ -3,7 +3,6 @@
 //! An operation runs while its task does, or, for a member of a shared subscription, while its
 //! seat is taken: a parked member has no task but still holds its id and its slot.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::http::WebSocketProtocols as Protocols;
@@ -25,9 +24,10 @@ pub enum Refused {
 }
 
 pub struct Operations {
-    /// Running operations by client id. The generation tells a finished task from a newer one
-    /// that reused its id; the seat is its place in a shared subscription, if it takes one.
-    running: HashMap<String, Running>,
+    /// Running operations, each under its client id. A list, not a map: a connection runs a few
+    /// operations at once (at most `max_operations`, 100 by default), and the smallest map table
+    /// has four slots (~210 bytes) where the list grows from one.
+    running: Vec<Running>,
     /// Owns the tasks: dropping the table (the connection ended) aborts them all.
     tasks: JoinSet<(String, u64)>,
     next_generation: u64,
@@ -37,7 +37,7 @@ pub struct Operations {
 impl Operations {
     pub fn new(limit: usize) -> Self {
         Self {
-            running: HashMap::new(),
+            running: Vec::new(),
             tasks: JoinSet::new(),
             next_generation: 0,
             limit,
@@ -58,7 +58,7 @@ impl Operations {
         }
         if self.running.len() >= self.limit {
             // Parked members that their group or a lost grant ended leave no task to reap.
-            self.running.retain(|_, running| running.is_alive());
+            self.running.retain(Running::is_alive);
             if self.running.len() >= self.limit {
                 return Err(Refused::Full { limit: self.limit });
             }
@@ -76,27 +76,28 @@ impl Operations {
             outbox,
             seat.clone(),
         ));
-        self.running.insert(
+        if self.running.len() == self.running.capacity() {
+            self.running.reserve_exact(self.running.len().max(1));
+        }
+        self.running.push(Running {
             id,
-            Running {
-                generation,
-                handle: Some(handle),
-                seat,
-            },
-        );
+            generation,
+            handle: Some(handle),
+            seat,
+        });
         Ok(())
     }
 
     /// Whether an operation with this id is still running (a new one under it would close 4409).
     pub fn is_running(&self, id: &str) -> bool {
-        self.running.get(id).is_some_and(Running::is_alive)
+        self.find(id).is_some_and(Running::is_alive)
     }
 
     /// The seats of shared members, whose grants the connection re-checks when its
     /// identity changes (they have no task of their own to do it).
     pub fn parked(&self) -> Vec<Arc<Seat>> {
         self.running
-            .values()
+            .iter()
             .filter(|running| running.seat.is_taken())
             .map(|running| running.seat.clone())
             .collect()
@@ -106,7 +107,7 @@ impl Operations {
     /// shared subscription here rather than when the aborted task is dropped, which happens later
     /// on another thread: the id is free for reuse as soon as this returns.
     pub fn stop(&mut self, id: &str) -> bool {
-        self.running.remove(id).is_some_and(|running| {
+        self.take(id).is_some_and(|running| {
             let alive = running.is_alive();
             running.seat.leave();
             if let Some(handle) = running.handle {
@@ -128,7 +129,7 @@ impl Operations {
     fn free(&mut self, finished: Result<(String, u64), JoinError>) -> Option<Close> {
         match finished {
             Ok((id, generation)) => {
-                if let Some(running) = self.running.get_mut(&id)
+                if let Some(running) = self.running.iter_mut().find(|r| r.id == id)
                     && running.generation == generation
                 {
                     if running.seat.is_taken() {
@@ -136,7 +137,7 @@ impl Operations {
                         // finished task's allocation, sized for its future, as long as it lives.
                         running.handle = None;
                     } else {
-                        self.running.remove(&id);
+                        self.take(&id);
                     }
                 }
                 None
@@ -149,17 +150,32 @@ impl Operations {
     }
 }
 
+impl Operations {
+    fn find(&self, id: &str) -> Option<&Running> {
+        self.running.iter().find(|running| running.id == id)
+    }
+
+    /// Removes the operation `id` from the table (its order there means nothing).
+    fn take(&mut self, id: &str) -> Option<Running> {
+        let at = self.running.iter().position(|running| running.id == id)?;
+        Some(self.running.swap_remove(at))
+    }
+}
+
 impl Drop for Operations {
     /// The connection ended: parked members leave their groups (the tasks are aborted by the
     /// `JoinSet`; a parked member has none).
     fn drop(&mut self) {
-        for running in self.running.values() {
+        for running in &self.running {
             running.seat.leave();
         }
     }
 }
 
 struct Running {
+    /// The client's id. The generation tells a finished task from a newer one that reused it;
+    /// the seat is its place in a shared subscription, if it takes one.
+    id: String,
     generation: u64,
     /// The operation's task; `None` once it finished and left the operation parked in its seat.
     handle: Option<AbortHandle>,
@@ -218,6 +234,7 @@ mod tests {
     fn running(generation: u64, handle: AbortHandle) -> Running {
         let seat = Seat::taken();
         Running {
+            id: "1".into(),
             generation,
             handle: Some(handle),
             seat,
@@ -228,7 +245,7 @@ mod tests {
     async fn a_panicked_operation_closes_the_connection_with_4500() {
         let mut operations = Operations::new(4);
         let handle = operations.tasks.spawn(async { panic!("resolver bug") });
-        operations.running.insert("1".into(), running(0, handle));
+        operations.running.push(running(0, handle));
         assert_eq!(
             operations.reap().await,
             Some(Close::new(4500, "Internal error"))
@@ -240,10 +257,10 @@ mod tests {
         let mut operations = Operations::new(4);
         operations.tasks.spawn(async { ("1".to_string(), 0) });
         let newer = tokio::spawn(std::future::pending::<()>()).abort_handle();
-        operations.running.insert("1".into(), running(1, newer));
+        operations.running.push(running(1, newer));
         assert_eq!(operations.reap().await, None);
         assert!(
-            operations.running.contains_key("1"),
+            operations.find("1").is_some(),
             "the newer operation keeps its slot"
         );
     }
