@@ -10,6 +10,11 @@
 //! them together at most `streams.maxlen`, the oldest going first. A topic whose last event went
 //! has no entry left, whoever followed it once, so a client cycling through distinct topics
 //! leaves behind at most `streams.maxlen` events and never a topic per name it tried.
+//!
+//! Internal topics (`$presence:…`) are kept within a `streams.maxlen` of their own: a reconnect
+//! storm publishes a LEAVE and a JOIN per client, and in one shared budget those pushed out the
+//! events the same clients were about to resume from (seen as `replay_window` gaps in a 10k
+//! storm).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,13 +43,24 @@ struct Inner {
     last_id: EventId,
     /// Topics with events kept; a subscriber alone does not make an entry.
     topics: HashMap<String, Topic>,
-    /// Every kept event, oldest first, over all topics: the order they are forgotten in. It may
-    /// also hold events a ring already pushed out (they go when their turn comes), so its length
+    /// What client topics keep, then what internal topics keep ([`class`]).
+    kept: [Kept; 2],
+}
+
+#[derive(Default)]
+struct Kept {
+    /// Every kept event of the class, oldest first: the order they are forgotten in. It may also
+    /// hold events a ring already pushed out (they go when their turn comes), so its length
     /// bounds what the rings hold.
-    kept: VecDeque<Arc<Event>>,
+    events: VecDeque<Arc<Event>>,
     /// The newest event forgotten with the last one of its topic: a subscriber resuming before it
-    /// on a topic with no entry may have missed events.
+    /// on a topic of the class with no entry may have missed events.
     forgotten: Option<EventId>,
+}
+
+/// Which budget a topic's events are kept in: 0 for client topics, 1 for internal ones.
+fn class(topic: &str) -> usize {
+    usize::from(topic.starts_with(crate::topics::INTERNAL_PREFIX))
 }
 
 struct Topic {
@@ -79,8 +95,7 @@ impl MemoryBus {
             inner: Mutex::new(Inner {
                 last_id: EventId { ms: 0, seq: 0 },
                 topics: HashMap::new(),
-                kept: VecDeque::new(),
-                forgotten: None,
+                kept: Default::default(),
             }),
             fanout: Fanout::new(1, send_queue, metrics.clone()),
             replay_limit: replay_limit.max(1),
@@ -93,8 +108,9 @@ impl MemoryBus {
 impl Inner {
     /// Keeps `event` for resuming subscribers, forgetting the oldest events past the bounds.
     fn keep(&mut self, event: &Arc<Event>, replay_limit: usize, maxlen: usize) {
+        let kept = &mut self.kept[class(&event.topic)];
         // A topic that comes back after being forgotten cannot vouch for what it had before.
-        let forgotten = self.forgotten;
+        let forgotten = kept.forgotten;
         let state = self
             .topics
             .entry(event.topic.clone())
@@ -106,9 +122,9 @@ impl Inner {
         if state.ring.len() > replay_limit {
             state.evicted = state.ring.pop_front().map(|e| e.id);
         }
-        self.kept.push_back(event.clone());
-        while self.kept.len() > maxlen {
-            let Some(oldest) = self.kept.pop_front() else {
+        kept.events.push_back(event.clone());
+        while kept.events.len() > maxlen {
+            let Some(oldest) = kept.events.pop_front() else {
                 break;
             };
             let Some(state) = self.topics.get_mut(&oldest.topic) else {
@@ -121,7 +137,7 @@ impl Inner {
                 state.evicted = Some(oldest.id);
                 if state.ring.is_empty() {
                     self.topics.remove(&oldest.topic);
-                    self.forgotten = self.forgotten.max(Some(oldest.id));
+                    kept.forgotten = kept.forgotten.max(Some(oldest.id));
                 }
             }
         }
@@ -162,7 +178,8 @@ impl Bus for MemoryBus {
         });
         inner.keep(&event, self.replay_limit, self.maxlen);
         if let Some(metrics) = &self.metrics {
-            metrics.bus_retained_events.set(inner.kept.len() as i64);
+            let retained: usize = inner.kept.iter().map(|k| k.events.len()).sum();
+            metrics.bus_retained_events.set(retained as i64);
         }
         // Still under the lock, so no subscriber joins between the ring and the delivery.
         self.fanout.deliver(0, &event);
@@ -187,7 +204,8 @@ impl Bus for MemoryBus {
         let mut last = after;
         if let Some(after) = after {
             let state = inner.topics.get(&topic);
-            let evicted = state.map_or(inner.forgotten, |state| state.evicted);
+            let forgotten = inner.kept[class(&topic)].forgotten;
+            let evicted = state.map_or(forgotten, |state| state.evicted);
             if evicted.is_some_and(|evicted| evicted > after) {
                 if let Some(metrics) = &self.metrics {
                     let cause = GapCause::ReplayWindow.label();
@@ -276,6 +294,28 @@ mod tests {
         drop(sub);
         assert!(!bus.fanout.follows(0, "quiet"));
         assert!(bus.inner.lock().unwrap().topics.is_empty());
+    }
+
+    #[tokio::test]
+    async fn presence_transitions_cannot_push_client_events_out_of_the_replay() {
+        let metrics = Arc::new(Metrics::new("test"));
+        let bus = MemoryBus::build(10, 3, 16, Some(metrics.clone()));
+        let first = bus.publish("a".into(), "k".into(), 0.into()).await.unwrap();
+        bus.publish("a".into(), "k".into(), 1.into()).await.unwrap();
+        // A reconnect storm's LEAVEs and JOINs, far past `maxlen`.
+        for n in 0..100 {
+            bus.publish(format!("$presence:t{n}"), "join".into(), n.into())
+                .await
+                .unwrap();
+        }
+        assert_eq!(metrics.bus_retained_events.get(), 2 + 3);
+        let sub = bus.subscribe("a".into(), Some(first.id)).await.unwrap();
+        let got: Vec<Delivery> = sub.take(1).collect().await;
+        assert_eq!(ids(&got), ["1"]);
+        assert_eq!(
+            metrics.bus_gaps.with_label_values(&["replay_window"]).get(),
+            0
+        );
     }
 
     #[tokio::test]

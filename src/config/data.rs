@@ -146,8 +146,9 @@ pub struct Streams {
     #[validate(range(min = Duration::secs(3), max = Duration::hours(1)))]
     pub presence_ttl: Duration,
     /// Events kept per stream (approximate trimming). Default `10000`. Without Redis, the
-    /// events the in-process bus keeps over all topics together, the oldest forgotten first
-    /// (`palisade_bus_retained_events`).
+    /// events the in-process bus keeps over all client topics together, the oldest forgotten
+    /// first, and as many again over internal ones (presence transitions), so that these never
+    /// push out what clients resume from (`palisade_bus_retained_events` counts both).
     #[validate(range(min = 1, max = 1_000_000))]
     pub maxlen: u32,
     /// Most events replayed to a subscriber resuming with `after`. Default `1000`; when more were
