@@ -36,6 +36,11 @@ pub enum Decision {
 /// may subscribe to or publish on them, whatever the rules say.
 pub const INTERNAL_PREFIX: char = '$';
 
+/// Whether `topic` is one of the server's own (see [`INTERNAL_PREFIX`]).
+pub fn is_internal(topic: &str) -> bool {
+    topic.starts_with(INTERNAL_PREFIX)
+}
+
 /// The event type of a chat message. Only `sendMessage` writes it, with the sender taken from the
 /// caller and the content checked; `messages` reads nothing else.
 pub const CHAT_MESSAGE: &str = "message";
@@ -74,7 +79,7 @@ pub async fn check(
     topic: &str,
     action: Action,
 ) -> anyhow::Result<Decision> {
-    if topic.starts_with(INTERNAL_PREFIX) {
+    if is_internal(topic) {
         return Ok(Decision::Denied("internal topic".into()));
     }
     let Some((rule, bindings)) = topics

@@ -11,7 +11,7 @@
 //! has no entry left, whoever followed it once, so a client cycling through distinct topics
 //! leaves behind at most `streams.maxlen` events and never a topic per name it tried.
 //!
-//! Internal topics (`$presence:…`) are kept within a `streams.maxlen` of their own: a reconnect
+//! Internal topics (`$presence:…`, [`crate::topics::is_internal`]) are kept within a `streams.maxlen` of their own: a reconnect
 //! storm publishes a LEAVE and a JOIN per client, and in one shared budget those pushed out the
 //! events the same clients were about to resume from (seen as `replay_window` gaps in a 10k
 //! storm).
@@ -60,7 +60,7 @@ struct Kept {
 
 /// Which budget a topic's events are kept in: 0 for client topics, 1 for internal ones.
 fn class(topic: &str) -> usize {
-    usize::from(topic.starts_with(crate::topics::INTERNAL_PREFIX))
+    usize::from(crate::topics::is_internal(topic))
 }
 
 struct Topic {

@@ -11,11 +11,6 @@ use tokio::sync::Notify;
 
 use crate::sync::lock;
 
-/// Kept when the queue drains: none. An idle connection's queues are empty nearly all the time,
-/// and the few slots a trickle would reuse (160 bytes for the outbox) stayed allocated in every
-/// one of them; reallocating costs a drained queue one allocation when it next fills.
-const KEPT_CAPACITY: usize = 0;
-
 pub struct Queue<T> {
     items: Mutex<VecDeque<T>>,
     /// Wakes the consumer; a push made while it is not waiting leaves a permit, so none is missed.
@@ -85,8 +80,11 @@ impl<T> Consumer<T> {
     pub fn pop(&self) -> Option<T> {
         let mut items = lock(&self.0.items);
         let item = items.pop_front();
-        if items.is_empty() && items.capacity() > KEPT_CAPACITY {
-            items.shrink_to(KEPT_CAPACITY);
+        // A drained queue gives its slots back. An idle connection's queues are empty nearly all
+        // the time, and the few slots a trickle would reuse (160 bytes for the outbox) stayed
+        // allocated in every one of them; a drained queue pays one allocation when it next fills.
+        if items.is_empty() && items.capacity() > 0 {
+            items.shrink_to_fit();
         }
         item
     }
