@@ -14,6 +14,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::Palisade | Kind::PalisadeOpen => RGBColor(0x1f, 0x6f, 0xd1),
         Kind::Bare => RGBColor(0x7a, 0x7a, 0x7a),
         Kind::Node => RGBColor(0x2e, 0x9e, 0x4a),
+        Kind::Floor => RGBColor(0xc0, 0x39, 0x2b),
     }
 }
 

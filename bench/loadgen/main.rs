@@ -6,6 +6,7 @@
 
 mod chart;
 mod client;
+mod floor;
 mod scenarios;
 mod suite;
 mod target;
@@ -125,6 +126,9 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         rate: u32,
     },
+    /// The kernel floor's server (`--kinds floor` starts it): not a measurement by itself.
+    #[command(hide = true)]
+    FloorServe { port: u16 },
 }
 
 /// Subscribers and events of a `--quick` fan-out (one instance or two).
@@ -169,6 +173,10 @@ fn emit(result: &impl Serialize) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let files = raise_file_limit();
+    if let Scenario::FloorServe { port } = cli.scenario {
+        // Blocking sockets and threads of its own: it runs no async code.
+        return tokio::task::spawn_blocking(move || floor::serve(port)).await?;
+    }
     if let Scenario::Suite {
         redis,
         postgres,
@@ -280,7 +288,9 @@ async fn main() -> anyhow::Result<()> {
                 emit(&r);
                 r.cpu_micros_per_operation
             }
-            Scenario::Suite { .. } => unreachable!("handled above"),
+            Scenario::Suite { .. } | Scenario::FloorServe { .. } => {
+                unreachable!("handled above")
+            }
             Scenario::Storm {
                 clients,
                 events,

@@ -20,8 +20,8 @@ struct Sizes {
     topics: (usize, usize, usize),
     storm: (usize, usize, u32),
     churn: (u32, u64),
-    /// Connections and operations of the overhead runs.
-    overhead: (usize, usize),
+    /// Connections, operations and rounds of the overhead runs.
+    overhead: (usize, usize, usize),
     /// Seconds of paced publishing per latency point.
     paced_seconds: f64,
 }
@@ -38,7 +38,7 @@ impl Sizes {
                 topics: (100, 10, 200),
                 storm: (50, 40, 20),
                 churn: (50, 6),
-                overhead: (10, 500),
+                overhead: (10, 500, 1),
                 paced_seconds: 1.0,
             }
         } else {
@@ -52,7 +52,7 @@ impl Sizes {
                 topics: (cap(10_000), 1_000, 20_000),
                 storm: (cap(10_000), 300, 20),
                 churn: (200, 600),
-                overhead: (50, 50_000),
+                overhead: (50, 100_000, 5),
                 paced_seconds: 10.0,
             }
         }
@@ -92,12 +92,7 @@ async fn measure(kind: Kind, sizes: &Sizes) -> anyhow::Result<Measured> {
     }
     fanout.sort_by(|a, b| a.deliveries_per_second.total_cmp(&b.deliveries_per_second));
     let max_events = fanout[1].deliveries_per_second / sizes.subscribers.max(1) as f64;
-    let mut paced = Vec::new();
-    for fraction in [0.25, 0.5, 0.75] {
-        let rate = (max_events * fraction).max(1.0);
-        let events = ((rate * sizes.paced_seconds) as usize).max(10);
-        paced.push(deliver::fanout(kind, sizes.subscribers, events, Some(rate as u32)).await?);
-    }
+    let paced = paced(kind, sizes, &rates(max_events)).await?;
     let (s, t, e) = sizes.topics;
     let topics = deliver::topics(kind, s, t, e, None).await?;
     let (c, e, r) = sizes.storm;
@@ -111,6 +106,37 @@ async fn measure(kind: Kind, sizes: &Sizes) -> anyhow::Result<Measured> {
         topics,
         storm,
     })
+}
+
+/// Events per second of the paced runs: a quarter, half and three quarters of `max_events`.
+fn rates(max_events: f64) -> Vec<u32> {
+    [0.25, 0.5, 0.75]
+        .map(|fraction| (max_events * fraction).max(1.0) as u32)
+        .to_vec()
+}
+
+async fn paced(kind: Kind, sizes: &Sizes, rates: &[u32]) -> anyhow::Result<Vec<Delivery>> {
+    let mut paced = Vec::new();
+    for &rate in rates {
+        let events = ((f64::from(rate) * sizes.paced_seconds) as usize).max(10);
+        paced.push(deliver::fanout(kind, sizes.subscribers, events, Some(rate)).await?);
+    }
+    Ok(paced)
+}
+
+/// The kernel floor (`floor.rs`): its unpaced maximum, and paced runs at Palisade's own rates, so
+/// the latencies compare at the same events per second.
+struct Floor {
+    max: Delivery,
+    paced: Vec<Delivery>,
+}
+
+async fn floor(sizes: &Sizes, palisade: &Measured) -> anyhow::Result<Floor> {
+    eprintln!("palisade-bench suite: the kernel floor");
+    let max = deliver::fanout(Kind::Floor, sizes.subscribers, sizes.events, None).await?;
+    let rates: Vec<u32> = palisade.paced.iter().filter_map(|d| d.rate).collect();
+    let paced = paced(Kind::Floor, sizes, &rates).await?;
+    Ok(Floor { max, paced })
 }
 
 fn machine() -> String {
@@ -155,14 +181,15 @@ pub async fn run(
     for kind in [Kind::Palisade, Kind::Bare, Kind::Node] {
         measured.push(measure(kind, &sizes).await?);
     }
+    let floor = floor(&sizes, &measured[0]).await?;
     let connect_postgres = match postgres {
         Some(url) => Some(idle::connect(Kind::Palisade, sizes.connect, Some(url)).await?),
         None => None,
     };
-    let (connections, operations) = sizes.overhead;
+    let (connections, operations, rounds) = sizes.overhead;
     let mut overheads = Vec::new();
-    for kind in [Kind::Palisade, Kind::PalisadeOpen, Kind::Bare] {
-        overheads.push(overhead::overhead(kind, connections, operations).await?);
+    for n in 0..rounds {
+        overheads.push(overhead::round(n, connections, operations).await?);
     }
     let (rate, seconds) = sizes.churn;
     let churn = churn::churn(Kind::Palisade, rate, seconds, redis).await?;
@@ -176,6 +203,7 @@ pub async fn run(
         &measured
             .iter()
             .map(|m| (m.kind, &m.paced[..], m.median()))
+            .chain(std::iter::once((Kind::Floor, &floor.paced[..], &floor.max)))
             .collect::<Vec<_>>(),
     )?;
     chart::memory(
@@ -186,6 +214,7 @@ pub async fn run(
             .collect::<Vec<_>>(),
     )?;
     let extra = Extra {
+        floor: &floor,
         churn: &churn,
         cluster: cluster.as_ref(),
         connect_postgres: connect_postgres.as_ref(),
@@ -199,15 +228,17 @@ pub async fn run(
 
 /// The Palisade-only runs, beside the table of all three servers.
 struct Extra<'a> {
+    floor: &'a Floor,
     churn: &'a churn::Churn,
     cluster: Option<&'a [Delivery; 2]>,
     connect_postgres: Option<&'a idle::Connect>,
-    /// Guarded, unguarded, bare.
-    overheads: &'a [Overhead],
+    /// Rounds of guarded, unguarded, bare.
+    overheads: &'a [[Overhead; 3]],
 }
 
 fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
     let Extra {
+        floor,
         churn,
         cluster,
         connect_postgres,
@@ -347,6 +378,26 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
         md,
         "\nPeers ignore `after`, so the storm's lost events for them are what a client of a stock server misses while it reconnects.\n"
     );
+    let listed = |runs: &[Delivery], f: fn(&Delivery) -> String| {
+        runs.iter().map(f).collect::<Vec<_>>().join(" / ")
+    };
+    let half = &floor.paced[floor.paced.len() / 2];
+    let _ = writeln!(
+        md,
+        "**Kernel floor** (`--kinds floor`: the same {} subscribers, each event's frame encoded once and written to every socket by two threads with blocking writes; no GraphQL, no task or queue per connection: what the socket writes alone cost): at Palisade's paced rates of {} events/s, p99 {} ms (Palisade: {} ms), {} deliveries/s; unpaced, {:.0} deliveries/s. Over loopback the kernel does the receiver's TCP work inside each write, and a server that writes each subscriber's socket pays at least that: the floor's p99 at half Palisade's maximum rate is {:.1} ms, {} the 50 ms target.\n",
+        floor.max.subscribers,
+        listed(&floor.paced, |d| d.rate.unwrap_or_default().to_string()),
+        listed(&floor.paced, |d| format!("{:.1}", d.p99_ms)),
+        listed(&p.paced, |d| format!("{:.1}", d.p99_ms)),
+        listed(&floor.paced, |d| format!("{:.0}", d.deliveries_per_second)),
+        floor.max.deliveries_per_second,
+        half.p99_ms,
+        if half.p99_ms > 50.0 {
+            "above"
+        } else {
+            "within"
+        },
+    );
     if let Some(pg) = connect_postgres {
         let _ = writeln!(
             md,
@@ -354,20 +405,34 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
             pg.connections, pg.per_second, pg.failed
         );
     }
-    if let [guarded, unguarded, bare] = overheads {
+    if let Some(first) = overheads.first() {
+        let ratio = |with: usize, against: usize| {
+            median(overheads.iter().map(|r| {
+                r[with].cpu_micros_per_operation / r[against].cpu_micros_per_operation.max(1e-9)
+            }))
+        };
+        let micros = |k: usize| median(overheads.iter().map(|r| r[k].cpu_micros_per_operation));
+        let per_second = |k: usize| median(overheads.iter().map(|r| r[k].per_second));
+        let (low, high) = overheads
+            .iter()
+            .map(|r| r[0].cpu_micros_per_operation / r[1].cpu_micros_per_operation.max(1e-9))
+            .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(x), h.max(x)));
         let _ = writeln!(
             md,
-            "**Hardening overhead** ({} connections sending `{{ serverInfo {{ … }} }}` back to back, {} operations): server CPU per operation {:.1} µs with the guard, {:.1} µs without it (`serve --unguarded`), {:.1} µs bare; with ÷ without = {:.2}× (target: ≤ 1.10×), with ÷ bare = {:.2}×. Operations/s: {:.0}, {:.0}, {:.0}.\n",
-            guarded.connections,
-            guarded.operations,
-            guarded.cpu_micros_per_operation,
-            unguarded.cpu_micros_per_operation,
-            bare.cpu_micros_per_operation,
-            guarded.cpu_micros_per_operation / unguarded.cpu_micros_per_operation.max(1e-9),
-            guarded.cpu_micros_per_operation / bare.cpu_micros_per_operation.max(1e-9),
-            guarded.per_second,
-            unguarded.per_second,
-            bare.per_second,
+            "**Hardening overhead** ({} connections sending `{{ serverInfo {{ … }} }}` back to back, {} operations per run; medians of rounds of the three servers: {}): server CPU per operation {:.1} µs with the guard, {:.1} µs without it (`serve --unguarded`), {:.1} µs bare; with ÷ without = {:.2}× (rounds {:.2}×–{:.2}×; target: ≤ 1.10×), with ÷ bare = {:.2}×. Operations/s: {:.0}, {:.0}, {:.0}.\n",
+            first[0].connections,
+            first[0].operations,
+            overheads.len(),
+            micros(0),
+            micros(1),
+            micros(2),
+            ratio(0, 1),
+            low,
+            high,
+            ratio(0, 2),
+            per_second(0),
+            per_second(1),
+            per_second(2),
         );
     }
     let _ = writeln!(
@@ -422,4 +487,11 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
             .map_or("", |(_, rest)| rest),
     );
     md
+}
+
+/// The middle value (the upper one of an even count); 0 for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

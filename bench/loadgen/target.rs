@@ -22,6 +22,9 @@ pub enum Kind {
     Bare,
     /// graphql-ws + ws + graphql-js with an in-process PubSub (bench/peers/node).
     Node,
+    /// No server at all: one pre-encoded frame per event written to every subscriber's socket by
+    /// two threads (`floor.rs`). For the fan-out scenarios, as the least any server can spend.
+    Floor,
 }
 
 impl Kind {
@@ -210,6 +213,11 @@ impl Server {
             Kind::Bare => {
                 let mut c = Command::new(sibling("palisade-bare")?);
                 c.arg(format!("127.0.0.1:{port}"));
+                c
+            }
+            Kind::Floor => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg("floor-serve").arg(port.to_string());
                 c
             }
             Kind::Node => {

@@ -2,6 +2,10 @@
 //! of connections, to Palisade with its per-operation guard, to the same binary without it
 //! (`serve --unguarded`), and to the bare async-graphql server. Server CPU per operation is the
 //! figure compared; operations per second shows the same from the client's side.
+//!
+//! One run of each is not enough on a shared machine: three back-to-back runs of guarded and
+//! unguarded here gave ratios from 1.00× to 1.09×, and one suite run 1.20×. The suite runs them
+//! in rounds, the order rotated each round, and reports the median ratio of the rounds.
 
 use std::time::Instant;
 
@@ -25,6 +29,24 @@ pub struct Overhead {
     /// Server CPU time per operation, in microseconds.
     pub cpu_micros_per_operation: f64,
     pub errors: usize,
+}
+
+/// What the rounds compare: with the guard, without it, and bare.
+pub const COMPARED: [Kind; 3] = [Kind::Palisade, Kind::PalisadeOpen, Kind::Bare];
+
+/// Each of `COMPARED` once, starting from a different one each round so that none always runs
+/// first (or last) while the machine's load drifts. Returned in `COMPARED` order.
+pub async fn round(
+    round: usize,
+    connections: usize,
+    operations: usize,
+) -> anyhow::Result<[Overhead; 3]> {
+    let mut runs: [Option<Overhead>; 3] = Default::default();
+    for step in 0..COMPARED.len() {
+        let at = (round + step) % COMPARED.len();
+        runs[at] = Some(overhead(COMPARED[at], connections, operations).await?);
+    }
+    Ok(runs.map(|run| run.expect("every kind ran once")))
 }
 
 /// `connections` clients each run `operations / connections` queries back to back (the next is
