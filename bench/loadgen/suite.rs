@@ -63,7 +63,8 @@ impl Sizes {
 struct Measured {
     kind: Kind,
     idle: idle::Idle,
-    connect: idle::Connect,
+    /// Three connect runs, sorted by rate (the middle one is reported).
+    connect: Vec<idle::Connect>,
     /// The three unpaced fan-out runs, sorted by deliveries/s (the middle one is reported).
     fanout: Vec<Delivery>,
     /// Paced runs at a quarter, half and three quarters of the median maximum.
@@ -85,7 +86,7 @@ impl Measured {
 async fn measure(kind: Kind, sizes: &Sizes) -> anyhow::Result<Measured> {
     eprintln!("palisade-bench suite: {kind:?}");
     let idle = idle::idle(kind, &sizes.idle_steps).await?;
-    let connect = idle::connect(kind, sizes.connect, None).await?;
+    let connect = connects(kind, sizes.connect, None).await?;
     let mut fanout = Vec::new();
     for _ in 0..3 {
         fanout.push(deliver::fanout(kind, sizes.subscribers, sizes.events, None).await?);
@@ -139,6 +140,30 @@ async fn floor(sizes: &Sizes, palisade: &Measured) -> anyhow::Result<Floor> {
     Ok(Floor { max, paced })
 }
 
+/// Three connect runs, sorted by rate: single runs of one build here ranged from 4,900/s to
+/// 7,100/s, with the machine's load and the sockets earlier scenarios left in TIME_WAIT.
+async fn connects(
+    kind: Kind,
+    connections: usize,
+    postgres: Option<&str>,
+) -> anyhow::Result<Vec<idle::Connect>> {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(idle::connect(kind, connections, postgres).await?);
+    }
+    runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    Ok(runs)
+}
+
+/// The middle of three connect runs, and all three rates.
+fn middle(runs: &[idle::Connect]) -> (&idle::Connect, String) {
+    let rates: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.0}", r.per_second))
+        .collect();
+    (&runs[runs.len() / 2], rates.join(", "))
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -183,7 +208,7 @@ pub async fn run(
     }
     let floor = floor(&sizes, &measured[0]).await?;
     let connect_postgres = match postgres {
-        Some(url) => Some(idle::connect(Kind::Palisade, sizes.connect, Some(url)).await?),
+        Some(url) => Some(connects(Kind::Palisade, sizes.connect, Some(url)).await?),
         None => None,
     };
     let (connections, operations, rounds) = sizes.overhead;
@@ -231,7 +256,7 @@ struct Extra<'a> {
     floor: &'a Floor,
     churn: &'a churn::Churn,
     cluster: Option<&'a [Delivery; 2]>,
-    connect_postgres: Option<&'a idle::Connect>,
+    connect_postgres: Option<&'a Vec<idle::Connect>>,
     /// Rounds of guarded, unguarded, bare.
     overheads: &'a [[Overhead; 3]],
 }
@@ -298,10 +323,10 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
     );
     row(
         &format!(
-            "connect + init + ack + subscribe, {} (per s)",
-            p.connect.connections
+            "connect + init + ack + subscribe, {} (per s, median of 3)",
+            middle(&p.connect).0.connections
         ),
-        &|x| x.connect.per_second,
+        &|x| middle(&x.connect).0.per_second,
         "",
         "≥ 5,000/s",
     );
@@ -381,27 +406,34 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
     let listed = |runs: &[Delivery], f: fn(&Delivery) -> String| {
         runs.iter().map(f).collect::<Vec<_>>().join(" / ")
     };
-    let half = &floor.paced[floor.paced.len() / 2];
+    let quarter = &floor.paced[0];
     let _ = writeln!(
         md,
-        "**Kernel floor** (`--kinds floor`: the same {} subscribers, each event's frame encoded once and written to every socket by two threads with blocking writes; no GraphQL, no task or queue per connection: what the socket writes alone cost): at Palisade's paced rates of {} events/s, p99 {} ms (Palisade: {} ms), {} deliveries/s; unpaced, {:.0} deliveries/s. Over loopback the kernel does the receiver's TCP work inside each write, and a server that writes each subscriber's socket pays at least that: the floor's p99 at half Palisade's maximum rate is {:.1} ms, {} the 50 ms target.\n",
+        "**Kernel floor** (`--kinds floor`: the same {} subscribers, each event's frame encoded once and written to every socket by two threads with blocking writes; no GraphQL, no task or queue per connection: what the socket writes alone cost): at Palisade's paced rates of {} events/s, p99 {} ms (Palisade: {} ms), {} deliveries/s; unpaced, {:.0} deliveries/s. Over loopback the kernel does the receiver's TCP work inside each write. A server that writes one frame per subscriber per event cannot beat the floor's p99 at a rate the floor keeps up with (a write to an already busy reader costs less, which is how the unpaced runs go faster than these). At a quarter of Palisade's maximum rate the floor's p99 is {:.1} ms, {} the 50 ms target for half of it.\n",
         floor.max.subscribers,
         listed(&floor.paced, |d| d.rate.unwrap_or_default().to_string()),
         listed(&floor.paced, |d| format!("{:.1}", d.p99_ms)),
         listed(&p.paced, |d| format!("{:.1}", d.p99_ms)),
         listed(&floor.paced, |d| format!("{:.0}", d.deliveries_per_second)),
         floor.max.deliveries_per_second,
-        half.p99_ms,
-        if half.p99_ms > 50.0 {
+        quarter.p99_ms,
+        if quarter.p99_ms > 50.0 {
             "above"
         } else {
             "within"
         },
     );
-    if let Some(pg) = connect_postgres {
+    let (sqlite, rates) = middle(&p.connect);
+    let _ = writeln!(
+        md,
+        "**Connect runs** (Palisade on SQLite): {rates}/s, {} failed in the middle one.\n",
+        sqlite.failed
+    );
+    if let Some(runs) = connect_postgres {
+        let (pg, rates) = middle(runs);
         let _ = writeln!(
             md,
-            "**Connect on PostgreSQL** ({} connections, Palisade on a fresh PostgreSQL database instead of SQLite): {:.0}/s, {} failed (target: ≥ 5,000/s).\n",
+            "**Connect on PostgreSQL** ({} connections, Palisade on a fresh PostgreSQL database instead of SQLite, median of 3): {:.0}/s ({rates}/s), {} failed (target: ≥ 5,000/s).\n",
             pg.connections, pg.per_second, pg.failed
         );
     }
