@@ -145,7 +145,9 @@ pub struct Streams {
     /// third of it, so it is at least `3s`. Default `30s`. Read at startup.
     #[validate(range(min = Duration::secs(3), max = Duration::hours(1)))]
     pub presence_ttl: Duration,
-    /// Events kept per stream (approximate trimming). Default `10000`. Without Redis, the
+    /// Events kept per stream (approximate trimming): each shard's, and the one stream of
+    /// internal topics (presence transitions), so that these never trim away what clients resume
+    /// from. Default `10000`. Without Redis, the
     /// events the in-process bus keeps over all client topics together, the oldest forgotten
     /// first, and as many again over internal ones (presence transitions), so that these never
     /// push out what clients resume from (`palisade_bus_retained_events` counts both).

@@ -1,13 +1,17 @@
 //! The Redis Streams bus across instances, against real Redis servers: the shared one (each test
 //! with its own key prefix, removed when the test ends) or a private one the test may crash.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use palisade::bus::redis::{epoch_key, shard_of, stream_key};
+use palisade::bus::redis::{epoch_key, internal_stream_key, shard_of, stream_key};
+use palisade::bus::{Bus, Delivery, RedisBus};
 use palisade::config::Config;
+use palisade::metrics::Metrics;
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{PrivateRedis, TestApp, WsClient, redis_url, spawn_instance, unique_prefix};
 
@@ -295,7 +299,10 @@ async fn killing_the_reader_connections_mid_stream_loses_and_duplicates_nothing(
     for kill_after in [60, 150] {
         numbers_until(&mut client, kill_after, &mut seen).await;
         let killed = kill_readers(&prefix.0, &a.state.instance.id).await;
-        assert_eq!(killed, 16, "one reader per shard");
+        assert_eq!(
+            killed, 17,
+            "one reader per shard and one for internal topics"
+        );
     }
     numbers_until(&mut client, COUNT - 1, &mut seen).await;
     publishing.await.unwrap();
@@ -401,6 +408,41 @@ async fn resuming_from_further_back_than_the_replay_limit_gives_a_gap_then_the_n
 }
 
 #[tokio::test]
+async fn presence_transitions_cannot_trim_away_the_events_clients_resume_from() {
+    let prefix = unique_prefix();
+    let _keys = Keys(prefix.clone());
+    let mut config = Config::default();
+    config.streams.key_prefix = prefix.clone();
+    // One shard, so every client topic shares its stream with the transitions unless they have
+    // one of their own.
+    config.streams.shards = 1;
+    config.streams.maxlen = 10;
+    let metrics = Arc::new(Metrics::new("test"));
+    let shutdown = CancellationToken::new();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let bus = RedisBus::start(client, &config, "one", metrics.clone(), &shutdown).unwrap();
+    let first = bus.publish("a".into(), "k".into(), json!(0)).await.unwrap();
+    bus.publish("a".into(), "k".into(), json!(1)).await.unwrap();
+    // A reconnect storm's leaves and joins, far past `maxlen`: Redis trims whole nodes of 100
+    // entries, so this is what empties the first node of a shared stream.
+    for n in 0..500 {
+        let topic = format!("$presence:t{n}");
+        bus.publish(topic, "join".into(), json!(n)).await.unwrap();
+    }
+    let resumed = bus.subscribe("a".into(), Some(first.id)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), resumed.take(1).collect::<Vec<_>>())
+        .await
+        .expect("the resume delivers");
+    match &got[..] {
+        [Delivery::Event(event)] => assert_eq!(event.payload, json!(1)),
+        other => panic!("expected the missed event, got {other:?}"),
+    }
+    let gaps = metrics.bus_gaps.with_label_values(&["replay_window"]).get();
+    assert_eq!(gaps, 0);
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn a_plain_xadd_in_the_documented_format_is_delivered_and_malformed_entries_are_skipped() {
     const TOPIC: &str = "system:plain";
     let prefix = unique_prefix();
@@ -492,7 +534,7 @@ async fn a_slow_consumer_is_closed_while_another_subscriber_on_its_instance_gets
 }
 
 #[tokio::test]
-async fn after_many_topics_come_and_go_only_the_shard_streams_and_the_epoch_key_remain() {
+async fn after_many_topics_come_and_go_only_the_event_streams_and_the_epoch_key_remain() {
     let prefix = unique_prefix();
     let _keys = Keys(prefix.clone());
     let tweak = |c: &mut Config| {
@@ -522,6 +564,8 @@ async fn after_many_topics_come_and_go_only_the_shard_streams_and_the_epoch_key_
         .get_connection()
         .unwrap();
     let mut allowed: Vec<String> = (0..4).map(|shard| stream_key(&prefix, shard)).collect();
+    // The subscriptions' presence transitions went to the internal stream.
+    allowed.push(internal_stream_key(&prefix));
     allowed.push(epoch_key(&prefix));
     allowed.sort();
     // Presence keys and connection slots go once the closed connection's leaves and releases
@@ -552,12 +596,12 @@ async fn an_instance_that_shuts_down_closes_its_reader_connections() {
     let mut readers = Vec::new();
     for _ in 0..100 {
         readers = reader_ids(&mut conn, &prefix, &instance).await;
-        if readers.len() == 16 {
+        if readers.len() == 17 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(readers.len(), 16, "one named reader per shard");
+    assert_eq!(readers.len(), 17, "one named reader per stream");
 
     app.begin_shutdown();
     app.stopped().await.unwrap();

@@ -16,6 +16,10 @@
 //! ```
 //!
 //! (`"" → 0x811C9DC5`, `"a" → 0xE40C292C`, `"foobar" → 0xBF9CF968`; see [`shard_of`].)
+//! The server's own topics (`$`-prefixed: presence transitions) are not hashed: they go to one
+//! stream of their own, `{key_prefix}:events:{internal}`, trimmed to `streams.maxlen` as well, so
+//! a reconnect storm's transitions (a leave and a join per client) cannot trim away the events
+//! clients resume from. Other publishers never write there.
 //! An event is one entry with exactly these fields, added with an auto id:
 //!
 //! ```text
@@ -53,7 +57,8 @@
 //! with `Unavailable` rather than silently missing events. Redis must not evict these keys
 //! (`maxmemory-policy` `noeviction` or `volatile-*`): an evicted epoch reads as a reset.
 //!
-//! Keys: the shard streams (bounded by `MAXLEN ~`) and the epoch key; nothing per topic.
+//! Keys: the shard streams and the internal stream (each bounded by `MAXLEN ~`) and the epoch
+//! key; nothing per topic.
 
 mod entry;
 mod info;
@@ -99,6 +104,27 @@ pub fn stream_key(key_prefix: &str, shard: u32) -> String {
     format!("{key_prefix}:events:{{{shard}}}")
 }
 
+/// The key of the internal topics' stream.
+pub fn internal_stream_key(key_prefix: &str) -> String {
+    format!("{key_prefix}:events:{{internal}}")
+}
+
+/// The streams an instance reads, by the index [`stream_of`] gives: the shards, then the
+/// internal topics' stream.
+fn stream_keys(key_prefix: &str, shards: u32) -> Vec<String> {
+    let shards = (0..shards).map(|shard| stream_key(key_prefix, shard));
+    shards.chain([internal_stream_key(key_prefix)]).collect()
+}
+
+/// Which of [`stream_keys`] `topic`'s events go to.
+fn stream_of(topic: &str, shards: u32) -> usize {
+    if crate::topics::is_internal(topic) {
+        shards as usize
+    } else {
+        shard_of(topic, shards) as usize
+    }
+}
+
 /// The key whose value changes when Redis lost its data.
 pub fn epoch_key(key_prefix: &str) -> String {
     format!("{key_prefix}:bus:epoch")
@@ -111,18 +137,19 @@ pub struct RedisBus {
     /// Shared, multiplexed, for replays: a resume storm queues here, never in front of publishes.
     replays: ConnectionManager,
     fanout: Arc<Fanout>,
-    /// Per shard: true once its reader knows its place in the stream; before, a new subscriber
-    /// could miss what is published while the reader connects.
+    /// Per stream: true once its reader knows its place in it; before, a new subscriber could
+    /// miss what is published while the reader connects.
     positioned: Vec<watch::Receiver<bool>>,
     metrics: Arc<Metrics>,
-    key_prefix: String,
+    /// By [`stream_of`]'s index.
+    keys: Vec<String>,
     shards: u32,
     maxlen: u32,
     replay: replay::Bounds,
 }
 
 impl RedisBus {
-    /// Builds the bus and spawns one reader per shard; the readers stop when `shutdown` is
+    /// Builds the bus and spawns one reader per stream; the readers stop when `shutdown` is
     /// cancelled. Redis need not be reachable yet.
     pub fn start(
         client: redis::Client,
@@ -146,23 +173,27 @@ impl RedisBus {
         };
         let conn = connection(REDIS_TIMEOUT)?;
         let replays = connection(REPLAY_TIMEOUT)?;
+        let keys = stream_keys(&streams.key_prefix, streams.shards);
         let fanout = Fanout::new(
-            streams.shards as usize,
+            keys.len(),
             config.connections.send_queue as usize,
             Some(metrics.clone()),
         );
-        let mut positioned = Vec::with_capacity(streams.shards as usize);
-        for shard in 0..streams.shards {
+        let mut positioned = Vec::with_capacity(keys.len());
+        for (shard, key) in keys.iter().enumerate() {
             let (reader, placed) = reader::Reader::new(
                 client.clone(),
-                &streams.key_prefix,
+                reader::Stream {
+                    key: key.clone(),
+                    key_prefix: &streams.key_prefix,
+                    index: shard as u32,
+                },
                 instance_id,
-                shard,
                 streams.maxlen as usize,
                 fanout.clone(),
                 metrics.clone(),
             );
-            // A task per shard: each blocks in `XREAD` on a connection of its own, which one
+            // A task per stream: each blocks in `XREAD` on a connection of its own, which one
             // task could not do for several streams without reading them in lockstep.
             tokio::spawn(reader.run(shutdown.clone()));
             positioned.push(placed);
@@ -173,7 +204,7 @@ impl RedisBus {
             fanout,
             positioned,
             metrics,
-            key_prefix: streams.key_prefix.clone(),
+            keys,
             shards: streams.shards,
             maxlen: streams.maxlen,
             replay: replay::Bounds {
@@ -219,9 +250,9 @@ impl Bus for RedisBus {
         payload: Value,
     ) -> BoxFuture<'_, Result<Arc<Event>, BusError>> {
         Box::pin(async move {
-            let key = stream_key(&self.key_prefix, shard_of(&topic, self.shards));
+            let key = &self.keys[stream_of(&topic, self.shards)];
             let id = self
-                .add(&key, &topic, &kind, &payload.to_string())
+                .add(key, &topic, &kind, &payload.to_string())
                 .await
                 .and_then(|id| id.parse::<EventId>().map_err(anyhow::Error::msg))
                 .map_err(BusError::Unavailable)?;
@@ -241,8 +272,8 @@ impl Bus for RedisBus {
         after: Option<EventId>,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, BusError>> {
         Box::pin(async move {
-            let shard = shard_of(&topic, self.shards) as usize;
-            // Until this shard's reader has found its place in the stream, events published now
+            let shard = stream_of(&topic, self.shards);
+            // Until this stream's reader has found its place in it, events published now
             // might be neither replayed nor read live.
             let mut positioned = self.positioned[shard].clone();
             // An error means the reader stopped (shutdown) before it ever reached Redis.
@@ -259,9 +290,9 @@ impl Bus for RedisBus {
             let Some(after) = after else {
                 return Ok(member.live(None, None).boxed());
             };
-            let key = stream_key(&self.key_prefix, shard as u32);
+            let key = &self.keys[shard];
             let mut conn = self.replays.clone();
-            let replay = replay::read(&mut conn, &key, &topic, after, self.replay);
+            let replay = replay::read(&mut conn, key, &topic, after, self.replay);
             let replay = tokio::time::timeout(REPLAY_TIMEOUT, replay)
                 .await
                 .context("Redis did not answer in time")
@@ -300,6 +331,12 @@ mod tests {
     #[test]
     fn keys_use_the_shard_as_a_cluster_hash_tag() {
         assert_eq!(stream_key("palisade", 7), "palisade:events:{7}");
+        let keys = stream_keys("palisade", 2);
+        assert_eq!(
+            keys[stream_of("$presence:room", 2)],
+            "palisade:events:{internal}"
+        );
+        assert_eq!(keys[stream_of("foobar", 2)], stream_key("palisade", 0));
         assert_eq!(epoch_key("palisade"), "palisade:bus:epoch");
     }
 }

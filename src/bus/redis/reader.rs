@@ -1,4 +1,4 @@
-//! One reader per shard: a blocking `XREAD` loop on a connection of its own, handing entries to
+//! One reader per stream (each shard, and the internal topics' one): a blocking `XREAD` loop on a connection of its own, handing entries to
 //! the local fan-out in stream order, reconnecting after any failure and continuing from the last
 //! entry it handed over.
 
@@ -15,7 +15,7 @@ use redis::streams::{StreamId, StreamReadReply};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{entry, epoch_key, info, stream_key};
+use super::{entry, epoch_key, info};
 use crate::bus::EventId;
 use crate::bus::fanout::{Fanout, GapCause};
 use crate::metrics::Metrics;
@@ -53,24 +53,36 @@ pub struct Reader {
     epoch: Option<String>,
 }
 
+/// The stream a reader follows.
+pub struct Stream<'a> {
+    pub key: String,
+    pub key_prefix: &'a str,
+    /// Its index among the instance's streams: the fan-out's shard, and its reader's name.
+    pub index: u32,
+}
+
 impl Reader {
-    /// The reader of `shard`, and what turns true once it is positioned.
+    /// The reader of `stream`, and what turns true once it is positioned.
     pub fn new(
         client: redis::Client,
-        key_prefix: &str,
+        stream: Stream<'_>,
         instance_id: &str,
-        shard: u32,
         maxlen: usize,
         fanout: Arc<Fanout>,
         metrics: Arc<Metrics>,
     ) -> (Self, watch::Receiver<bool>) {
+        let Stream {
+            key,
+            key_prefix,
+            index: shard,
+        } = stream;
         // Client names cannot contain spaces.
         let name = format!("{key_prefix}:reader:{instance_id}:{shard}").replace(' ', "_");
         let (positioned, placed) = watch::channel(false);
         let reader = Self {
             client,
             shard,
-            key: stream_key(key_prefix, shard),
+            key,
             epoch_key: epoch_key(key_prefix),
             name,
             // `MAXLEN ~ n` keeps at least n entries, so a batch smaller than n held everything
