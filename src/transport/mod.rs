@@ -30,6 +30,13 @@ use serde_json::json;
 /// Outgoing bytes tungstenite may buffer for a client beyond the messages queued in the outbox.
 const WRITE_BUFFER_SLACK: usize = 1 << 20;
 
+/// Bytes of fed frames after which tungstenite writes them out without waiting for the flush
+/// (the writer flushes when its queue runs dry, see `outbox::Writer::pump`). Its buffer keeps the
+/// capacity it grew to, so this bounds what a burst leaves allocated in a connection (beyond one
+/// large frame), where tungstenite's default of 128 KiB would let every connection that fell
+/// behind keep 128 KiB.
+const WRITE_BATCH: usize = 4 << 10;
+
 /// tungstenite allocates a socket's read buffer at the upgrade and keeps it (128 KiB by default),
 /// so it is what an idle connection costs. Client frames are small (pings, pongs, a subscribe of
 /// a few hundred bytes); a larger one still arrives whole, read this many bytes at a time into
@@ -114,6 +121,7 @@ pub async fn upgrade(
     ws.protocols([protocol.sec_websocket_protocol()])
         .max_message_size(max_message)
         .max_frame_size(max_message)
+        .write_buffer_size(WRITE_BATCH)
         .max_write_buffer_size(max_message * 4 + WRITE_BUFFER_SLACK)
         .read_buffer_size(READ_BUFFER)
         // Tracked so that shutdown waits for every connection to close and write its log row.
