@@ -6,6 +6,7 @@
 
 use async_graphql::http::WebSocketProtocols as Protocols;
 use async_graphql::{Response, ServerError};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 /// The longest close reason a close frame can carry: a control frame's payload is at most 125
@@ -145,7 +146,23 @@ fn next_type(protocol: Protocols) -> &'static str {
 }
 
 pub fn next(protocol: Protocols, id: &str, response: &Response) -> String {
-    json!({ "id": id, "type": next_type(protocol), "payload": response }).to_string()
+    operation_message(id, next_type(protocol), Some(response))
+}
+
+/// A message about operation `id`, serialized straight to text: building a `serde_json::Value`
+/// first (`json!`) allocated every name and value of the result once more, ~1.5 µs of each
+/// query's `next` (perf, `palisade-bench overhead`).
+fn operation_message<P: Serialize>(id: &str, kind: &str, payload: Option<P>) -> String {
+    #[derive(Serialize)]
+    struct Message<'a, P> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<P>,
+    }
+    let message = Message { id, kind, payload };
+    serde_json::to_string(&message).expect("a message of strings and a result serializes")
 }
 
 /// The opening of `id`'s `next` messages, up to their payload, for results serialized once and
@@ -166,16 +183,15 @@ pub fn next_frame(opening: &str, payload: &str) -> String {
 
 /// Errors that end an operation before it produced a result (parse, validation, limits).
 pub fn error(protocol: Protocols, id: &str, errors: &[ServerError]) -> String {
-    let payload = match protocol {
-        Protocols::GraphQLWS => json!(errors),
+    match protocol {
+        Protocols::GraphQLWS => operation_message(id, "error", Some(errors)),
         // subscriptions-transport-ws carries one error object.
-        Protocols::SubscriptionsTransportWS => json!(errors.first()),
-    };
-    json!({ "id": id, "type": "error", "payload": payload }).to_string()
+        Protocols::SubscriptionsTransportWS => operation_message(id, "error", Some(errors.first())),
+    }
 }
 
 pub fn complete(id: &str) -> String {
-    json!({ "id": id, "type": "complete" }).to_string()
+    operation_message::<()>(id, "complete", None)
 }
 
 #[cfg(test)]
