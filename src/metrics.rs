@@ -88,6 +88,12 @@ pub struct Metrics {
     /// Bytes of claims held by live connections' identities (as JSON): one copy per connection,
     /// however many operations share it, each at most `auth.max_claims_bytes`.
     pub claims_bytes: IntGauge,
+    /// Lookups of the parsed-document cache (`payload.document_cache`), by outcome (hit, miss).
+    pub document_cache_lookups: IntCounterVec,
+    /// Documents in that cache, at most `payload.document_cache.entries`.
+    pub document_cache_entries: IntGauge,
+    /// What they are counted at (256 bytes per byte of text), at most `payload.document_cache.bytes`.
+    pub document_cache_bytes: IntGauge,
 }
 
 /// Prepended to every metric name at export.
@@ -350,6 +356,22 @@ impl Metrics {
                     "Bytes of claims held by live connections, one copy per connection",
                 )
                 .expect("static metric definition"),
+            ),
+            document_cache_lookups: counter_vec(
+                r,
+                "document_cache_lookups_total",
+                "Lookups of the parsed-document cache by outcome",
+                &["outcome"],
+            ),
+            document_cache_entries: gauge(
+                r,
+                "document_cache_entries",
+                "Parsed documents kept for reuse",
+            ),
+            document_cache_bytes: gauge(
+                r,
+                "document_cache_bytes",
+                "Bytes the parsed documents kept are counted at (256 per byte of their text)",
             ),
             names: catalog.names.take(),
             registry: catalog.registry,

@@ -254,6 +254,37 @@ pub struct Payload {
     /// Rules for text users write (chat messages).
     #[validate(nested)]
     pub content: Content,
+    /// Parsed documents kept for reuse, by their exact text.
+    #[validate(nested)]
+    pub document_cache: DocumentCache,
+}
+
+/// Parsed query documents kept for reuse, by their exact text: a document sent again skips the
+/// parser (the largest single cost of a small query), and nothing else. Every request is still
+/// judged by every limit of `payload` and `operations` in force at that moment, and a document is
+/// kept only once it parsed and passed the shape limits. The least recently used goes first when
+/// either bound is reached. Shared by all connections. Read at startup.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Validate)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentCache {
+    /// Documents kept. Default `1000`, at most `100000`; `0` turns the cache off.
+    #[validate(range(max = 100_000))]
+    pub entries: u32,
+    /// Memory the documents kept may take, all together. Each is counted at 256 bytes per byte of
+    /// its text: the most a parsed document took here (minimal nesting, `{a{a{…}}}`), where
+    /// typical documents take 30 to 70, so the cache uses less than this. Default `16MiB`, at most
+    /// `256MiB`; a document counted at more than this is not kept.
+    #[validate(range(max = ByteSize::mib(256)))]
+    pub bytes: ByteSize,
+}
+
+impl Default for DocumentCache {
+    fn default() -> Self {
+        Self {
+            entries: 1000,
+            bytes: ByteSize::mib(16),
+        }
+    }
 }
 
 /// Content policy for user-written text. Control characters (other than newline and tab) are
@@ -283,6 +314,7 @@ impl Default for Payload {
             introspection: true,
             field_suggestions: false,
             content: Content::default(),
+            document_cache: DocumentCache::default(),
         }
     }
 }

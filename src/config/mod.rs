@@ -20,8 +20,8 @@ use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 pub use data::{Grant, LogFormat, Logging, Retention, Streams, TopicRule, Topics};
 pub use limits::{
-    Connections, Content, HttpLimit, LimitScope, OnExceed, OnUserLimit, OperationLimit, Operations,
-    Payload, RateLimit,
+    Connections, Content, DocumentCache, HttpLimit, LimitScope, OnExceed, OnUserLimit,
+    OperationLimit, Operations, Payload, RateLimit,
 };
 pub use server::{Auth, Cors, Jwt, OriginCheck, Server, Session, Tls};
 

@@ -3,6 +3,7 @@
 
 mod chat;
 mod connection;
+pub mod documents;
 mod grant;
 mod observe;
 mod presence;
@@ -322,6 +323,7 @@ pub fn build(services: Services) -> AppSchema {
         );
     }
     let observe = observe::Observe {
+        documents: Arc::new(documents::Documents::new(&payload.document_cache, &metrics)),
         metrics,
         guard: (!unguarded).then_some(guard),
     };

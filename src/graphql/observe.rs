@@ -5,7 +5,11 @@
 //! It is the schema's one extension, and runs the per-operation guard from its hooks (inside
 //! the counting, so a refusal counts as rejected) unless the server is `--unguarded`: each
 //! extension async-graphql runs costs a boxed future per hook and per resolved field.
+//!
+//! It also serves documents from the parsed-document cache (`graphql::documents`), in both modes,
+//! so the guard's cost is measured against a server that parses as little as it does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
@@ -15,11 +19,13 @@ use async_graphql::extensions::{
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
 
+use super::documents::Documents;
 use crate::limits::document::selected_operation;
 use crate::limits::guard::{Guard, GuardOperation};
 use crate::metrics::Metrics;
 
 pub struct Observe {
+    pub documents: Arc<Documents>,
     pub metrics: Arc<Metrics>,
     /// `None` when serving `--unguarded`.
     pub guard: Option<Guard>,
@@ -28,6 +34,8 @@ pub struct Observe {
 impl ExtensionFactory for Observe {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(ObserveOperation {
+            documents: self.documents.clone(),
+            cached: AtomicBool::new(false),
             metrics: self.metrics.clone(),
             guard: self.guard.as_ref().map(Guard::operation),
             name: Mutex::default(),
@@ -38,6 +46,9 @@ impl ExtensionFactory for Observe {
 
 /// One per operation (async-graphql creates extensions per operation).
 struct ObserveOperation {
+    documents: Arc<Documents>,
+    /// Whether the document came from the cache (so it is not put back).
+    cached: AtomicBool,
     metrics: Arc<Metrics>,
     guard: Option<GuardOperation>,
     name: Mutex<Option<String>>,
@@ -72,6 +83,11 @@ impl Extension for ObserveOperation {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         *self.name.lock().expect("lock poisoned") = request.operation_name.clone();
+        let mut request = request;
+        if let Some(document) = self.documents.get(&request.query) {
+            request.set_parsed_query(document);
+            self.cached.store(true, Ordering::Relaxed);
+        }
         let prepared = match &self.guard {
             Some(guard) => guard.prepare_request(ctx, request, next).await,
             None => next.run(ctx, request).await,
@@ -95,6 +111,10 @@ impl Extension for ObserveOperation {
         };
         match &parsed {
             Ok(doc) => {
+                // Past the guard's checks of its shape (in guarded mode): worth keeping.
+                if !self.cached.load(Ordering::Relaxed) {
+                    self.documents.insert(query, doc);
+                }
                 let name = self.name.lock().expect("lock poisoned").clone();
                 *self.kind.lock().expect("lock poisoned") = operation_kind(doc, name.as_deref());
             }
