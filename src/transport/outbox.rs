@@ -59,12 +59,6 @@ impl Outgoing {
     }
 }
 
-/// What [`Writer::unless_decided`] does with the socket.
-enum Io {
-    Feed(Message),
-    Flush,
-}
-
 #[derive(Clone)]
 pub struct Outbox {
     /// Bounded by `connections.send_queue` messages.
@@ -223,7 +217,7 @@ impl Writer {
             let Some(message) = self.queue.pop() else {
                 if fed {
                     fed = false;
-                    match self.unless_decided(Io::Flush).await {
+                    match unless_decided(&self.queue, &self.outbox, self.sink.flush()).await {
                         None => return true,
                         Some(Err(_)) => return false,
                         Some(Ok(())) => continue,
@@ -236,7 +230,7 @@ impl Writer {
             let message = message.into_message();
             // Data messages are counted; pings and the like are not.
             let data = matches!(message, Message::Text(_) | Message::Binary(_));
-            match self.unless_decided(Io::Feed(message)).await {
+            match unless_decided(&self.queue, &self.outbox, self.sink.feed(message)).await {
                 None => return true,
                 Some(Err(_)) => return false,
                 Some(Ok(())) => fed = true,
@@ -249,31 +243,6 @@ impl Writer {
             if data {
                 messages.inc();
                 bytes.inc_by(reserved as u64);
-            }
-        }
-    }
-
-    /// Feeds or flushes the socket, unless a close is decided first (`None`). A write stuck on
-    /// a client that stopped reading must not delay a close: the queue is woken by every push
-    /// and by the decision, and only the decision ends the wait.
-    async fn unless_decided(&mut self, io: Io) -> Option<Result<(), axum::Error>> {
-        let (sink, queue, outbox) = (&mut self.sink, &self.queue, &self.outbox);
-        let write = async {
-            match io {
-                Io::Feed(message) => sink.feed(message).await,
-                Io::Flush => sink.flush().await,
-            }
-        };
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                biased;
-                written = &mut write => return Some(written),
-                () = queue.wait() => {
-                    if outbox.is_decided() {
-                        return None;
-                    }
-                }
             }
         }
     }
@@ -304,5 +273,28 @@ impl Writer {
             let _ = self.sink.send(Message::Close(Some(frame))).await;
         };
         let _ = tokio::time::timeout(CLOSE_FLUSH, finish).await;
+    }
+}
+
+/// Runs `write` (a feed or a flush of the socket) unless a close is decided first (`None`). A
+/// write stuck on a client that stopped reading must not delay a close: the queue is woken by
+/// every push and by the decision, and only the decision ends the wait. Generic over the write,
+/// so the writer's future holds the feed's message once (every connection's task holds it).
+async fn unless_decided<F: Future>(
+    queue: &Consumer<Outgoing>,
+    outbox: &Outbox,
+    write: F,
+) -> Option<F::Output> {
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write => return Some(written),
+            () = queue.wait() => {
+                if outbox.is_decided() {
+                    return None;
+                }
+            }
+        }
     }
 }
