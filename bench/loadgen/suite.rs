@@ -438,20 +438,17 @@ fn render(m: &[Measured], extra: &Extra<'_>, quick: bool) -> String {
         );
     }
     if let Some(first) = overheads.first() {
-        let ratio = |with: usize, against: usize| {
-            median(overheads.iter().map(|r| {
+        // Per round, CPU per operation of one server over another's.
+        let rounds = |with: usize, against: usize| {
+            overheads.iter().map(move |r| {
                 r[with].cpu_micros_per_operation / r[against].cpu_micros_per_operation.max(1e-9)
-            }))
+            })
         };
+        let ratio = |with: usize, against: usize| median(rounds(with, against));
         let micros = |k: usize| median(overheads.iter().map(|r| r[k].cpu_micros_per_operation));
         let per_second = |k: usize| median(overheads.iter().map(|r| r[k].per_second));
         let range = |with: usize, against: usize| {
-            overheads
-                .iter()
-                .map(|r| {
-                    r[with].cpu_micros_per_operation / r[against].cpu_micros_per_operation.max(1e-9)
-                })
-                .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(x), h.max(x)))
+            rounds(with, against).fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(x), h.max(x)))
         };
         let ((bare_low, bare_high), (low, high)) = (range(0, 2), range(0, 1));
         let _ = writeln!(

@@ -147,10 +147,10 @@ pub struct Streams {
     pub presence_ttl: Duration,
     /// Events kept per stream (approximate trimming): each shard's, and the one stream of
     /// internal topics (presence transitions), so that these never trim away what clients resume
-    /// from. Default `10000`. Without Redis, the
-    /// events the in-process bus keeps over all client topics together, the oldest forgotten
-    /// first, and as many again over internal ones (presence transitions), so that these never
-    /// push out what clients resume from (`palisade_bus_retained_events` counts both).
+    /// from. Default `10000`. Without Redis, the events the in-process bus keeps over all client
+    /// topics together, the oldest forgotten first, and as many again over internal ones
+    /// (presence transitions), so that these never push out what clients resume from
+    /// (`palisade_bus_retained_events` counts both).
     #[validate(range(min = 1, max = 1_000_000))]
     pub maxlen: u32,
     /// Most events replayed to a subscriber resuming with `after`. Default `1000`; when more were

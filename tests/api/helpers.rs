@@ -433,6 +433,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The value of the sample `name` (with its labels, if any) in `/metrics`, if it is there.
+    pub async fn sample(&self, name: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Asserts that `/metrics` has each of `lines` exactly.
     pub async fn assert_metrics(&self, lines: &[&str]) {
         let text = self.metrics_text().await;

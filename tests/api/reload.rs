@@ -73,14 +73,6 @@ async fn an_invalid_file_keeps_the_running_configuration_and_counts_a_failure() 
     );
 }
 
-/// The value of the sample `name` in `/metrics`.
-async fn sample(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app.metrics_text().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no `{name}` in\n{text}"))
-}
-
 const HITS: &str = "palisade_document_cache_lookups_total{outcome=\"hit\"}";
 
 #[tokio::test]
@@ -92,7 +84,11 @@ async fn a_document_served_from_the_cache_is_judged_by_the_limits_of_a_reload() 
     let mut client = app.ws_acked("alice").await;
     assert_eq!(me(&mut client, "a").await["type"], "next");
     assert_eq!(me(&mut client, "b").await["type"], "next");
-    assert_eq!(sample(&app, HITS).await, 1.0, "the second one was a hit");
+    assert_eq!(
+        app.sample(HITS).await.unwrap(),
+        1.0,
+        "the second one was a hit"
+    );
 
     // `{ me { id } }` is two deep.
     std::fs::write(&path, "payload:\n  max_depth: 1\n").unwrap();
@@ -103,7 +99,11 @@ async fn a_document_served_from_the_cache_is_judged_by_the_limits_of_a_reload() 
         refused["payload"][0]["extensions"]["code"],
         "MAX_DEPTH_LIMIT"
     );
-    assert_eq!(sample(&app, HITS).await, 2.0, "refused although cached");
+    assert_eq!(
+        app.sample(HITS).await.unwrap(),
+        2.0,
+        "refused although cached"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +120,10 @@ async fn distinct_documents_past_the_bound_only_churn_the_cache() {
         assert_eq!(client.recv().await["type"], "next");
         assert_eq!(client.recv().await["type"], "complete");
     }
-    assert_eq!(sample(&app, "palisade_document_cache_entries").await, 3.0);
-    let bytes = sample(&app, "palisade_document_cache_bytes").await;
+    assert_eq!(
+        app.sample("palisade_document_cache_entries").await.unwrap(),
+        3.0
+    );
+    let bytes = app.sample("palisade_document_cache_bytes").await.unwrap();
     assert_eq!(bytes, 3.0 * 256.0 * "{ a0: me { id } }".len() as f64);
 }

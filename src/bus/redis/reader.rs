@@ -1,6 +1,6 @@
-//! One reader per stream (each shard, and the internal topics' one): a blocking `XREAD` loop on a connection of its own, handing entries to
-//! the local fan-out in stream order, reconnecting after any failure and continuing from the last
-//! entry it handed over.
+//! One reader per stream (each shard, and the internal topics' one): a blocking `XREAD` loop on a
+//! connection of its own, handing entries to the local fan-out in stream order, reconnecting after
+//! any failure and continuing from the last entry it handed over.
 
 use std::convert::Infallible;
 use std::sync::Arc;

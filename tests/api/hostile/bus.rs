@@ -24,18 +24,11 @@ pub fn roomy(config: &mut Config) {
     config.connections.send_queue = 100_000;
 }
 
-/// The value of an unlabelled sample in `/metrics`, if it is there.
-pub async fn sample(app: &TestApp, name: &str) -> Option<f64> {
-    let text = app.metrics_text().await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Polls `/metrics` until `name` satisfies `done`; its last value.
 pub async fn until(app: &TestApp, name: &str, done: impl Fn(f64) -> bool) -> f64 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let value = sample(app, name).await;
+        let value = app.sample(name).await;
         if let Some(value) = value.filter(|v| done(*v)) {
             return value;
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{PATIENCE, complete, publish, roomy, sample, subscribe, until};
+use super::{PATIENCE, complete, publish, roomy, subscribe, until};
 use crate::helpers::{TestApp, spawn_app_with, spawn_app_with_redis, unique_prefix};
 
 /// A Redis server of the test's own that it can freeze (SIGSTOP) as a hung Redis would be: every
@@ -89,7 +89,7 @@ async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presenc
         );
     }
 
-    let own = sample(&app, "palisade_topics_active").await.unwrap();
+    let own = app.sample("palisade_topics_active").await.unwrap();
     redis.signal("-STOP");
     const CHURN: usize = 200;
     for n in 0..CHURN {
@@ -110,9 +110,7 @@ async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presenc
     }
     until(&app, "palisade_topics_active", |v| v == own).await;
     // The bound, and a leave for each subscription that joined; the dropped ones queue none.
-    let queued = sample(&app, "palisade_presence_queue_length")
-        .await
-        .unwrap();
+    let queued = app.sample("palisade_presence_queue_length").await.unwrap();
     let joined = CHURN as f64 - dropped;
     assert!(
         queued <= 8.0 + joined && joined <= 16.0,
@@ -121,7 +119,7 @@ async fn subscription_churn_while_presence_is_stuck_drops_joins_past_the_presenc
 
     redis.signal("-CONT");
     until(&app, "palisade_presence_queue_length", |v| v == 0.0).await;
-    let dropped_after = sample(&app, "palisade_presence_queue_dropped_total").await;
+    let dropped_after = app.sample("palisade_presence_queue_dropped_total").await;
     assert!(dropped_after.unwrap() <= CHURN as f64);
 }
 

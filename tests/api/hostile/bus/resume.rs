@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{PATIENCE, publish, roomy, sample, subscribe};
+use super::{PATIENCE, publish, roomy, subscribe};
 use crate::helpers::{TestApp, redis_url, spawn_app_with, spawn_instance, unique_prefix};
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn a_resume_storm_over_big_events_never_makes_a_publish_fail() {
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 200, "publish {n} during the storm: {body}");
-        let active = sample(&app, "palisade_replays_active").await.unwrap();
+        let active = app.sample("palisade_replays_active").await.unwrap();
         busiest = busiest.max(active);
     }
     assert!(busiest <= 4.0, "{busiest} replays at once");

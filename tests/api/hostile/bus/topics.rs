@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{complete, extensions, roomy, sample, subscribe, until};
+use super::{complete, extensions, roomy, subscribe, until};
 use crate::helpers::{PUBLISH_KEY, spawn_app_with};
 
 #[tokio::test]
@@ -35,7 +35,7 @@ async fn thousands_of_distinct_topics_come_and_go_and_leave_only_the_bounded_rep
         retained, 300.0,
         "the bound over all topics, not one per topic"
     );
-    assert_eq!(sample(&app, "palisade_topics_active").await, Some(own));
+    assert_eq!(app.sample("palisade_topics_active").await, Some(own));
 }
 
 #[tokio::test]
